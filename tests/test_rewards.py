@@ -1,0 +1,320 @@
+"""Tests of the rewards package: extraction, GSM8K normalisation, Reasoning Gym gold answers,
+answer guards, the format reward, the TRL call form and a fuzz of every reward function."""
+
+import decimal
+import json
+import time
+from pathlib import Path
+
+import pytest
+import reasoning_gym
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rewards import (
+    accuracy,
+    decode_entry,
+    format_reward,
+    gold_number,
+    has_format,
+    make_reward_functions,
+    normalize_number,
+    predicted_number,
+    reference_completion,
+    score_completion,
+    score_gsm8k,
+)
+from rewards.answer_guard import is_safe_answer
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K_DIR = REPO.parent / "shared/data/gsm8k"
+FAMILIES = ("arithmetic", "algorithmic", "logic")
+ITEMS_PER_DATASET = {"zebra_puzzles": 2, "intermediate_integration": 3}  # slow generators
+
+
+def family_datasets() -> list[tuple[str, dict]]:
+    """(name, config) of every dataset of the three Reasoning Gym task configs."""
+    specs = []
+    for family in FAMILIES:
+        task = yaml.safe_load((REPO / "configs/tasks" / f"{family}.yaml").read_text())["task"]
+        specs += [(spec["name"], spec.get("config") or {}) for spec in task["datasets"]]
+    return specs
+
+
+def rg_row(item: dict) -> dict:
+    """A data-module row for a Reasoning Gym item (the columns the rewards read)."""
+    answer = "" if item["answer"] is None else str(item["answer"])
+    task = item["metadata"]["source_dataset"]
+    return {"answer": answer, "task": task, "entry": json.dumps(item, default=str)}
+
+
+def rg_item(name: str, seed: int = 0, **config) -> tuple[dict, str]:
+    """One Reasoning Gym item and its gold answer (propositional_logic: its example answer)."""
+    item = reasoning_gym.create_dataset(name, seed=seed, size=1, **config)[0]
+    gold = item["answer"] if item["answer"] is not None else item["metadata"]["example_answer"]
+    return item, gold
+
+
+def rg_score(completion: str, item: dict, prefill: str = "") -> float:
+    row = rg_row(item)
+    return score_completion(completion, row["answer"], row["task"], row["entry"], prefill)
+
+
+def call(reward, completions, answer, task, entry, **kwargs) -> list[float]:
+    """Call a reward function the way TRL does: prompts, completions and one list per column."""
+    n = len(completions)
+    return reward(prompts=["q"] * n, completions=completions, answer=[answer] * n, task=[task] * n,
+                  entry=[entry] * n, **kwargs)  # fmt: skip
+
+
+# --- answer extraction -------------------------------------------------------------------------
+
+
+def test_last_answer_tag_is_scored():
+    item, gold = rg_item("chain_sum")
+    wrong = str(int(gold) + 1)
+    assert rg_score(f"<answer>{wrong}</answer> no, <answer>{gold}</answer>", item) == 1.0
+    assert rg_score(f"<answer>{gold}</answer> no, <answer>{wrong}</answer>", item) == 0.0
+    assert score_gsm8k("<answer>18</answer> or <answer>19</answer>", "19") == 1.0
+
+
+def test_missing_answer_tag_scores_zero():
+    item, gold = rg_item("chain_sum")
+    assert rg_score(gold, item) == 0.0
+    assert rg_score(f"<answer>{gold}", item) == 0.0  # cut off before </answer>
+
+
+def test_conversational_completions():
+    item, gold = rg_item("chain_sum")
+    row = rg_row(item)
+    conversation = [
+        {"role": "assistant", "content": "thinking"},
+        {"role": "assistant", "content": f"<answer>{gold}</answer>"},
+    ]
+    assert call(accuracy, [conversation, []], row["answer"], row["task"], row["entry"]) == [1.0, 0.0]
+
+
+def test_prefill_is_prepended():
+    item, gold = rg_item("chain_sum")
+    assert rg_score(f"{gold}</answer>", item, prefill="<answer>") == 1.0
+    assert rg_score(f"{gold}</answer>", item) == 0.0
+    (reward,), _ = make_reward_functions(prefill="<answer>")
+    assert call(reward, ["18</answer>"], "#### 18", "gsm8k", "") == [1.0]
+
+
+def test_entry_may_be_a_dict():
+    item, gold = rg_item("chain_sum")
+    assert score_completion(f"<answer>{gold}</answer>", gold, "chain_sum", item) == 1.0
+
+
+BAD_ENTRIES = [
+    "", "{not json", "[]", None, json.dumps({"question": "q"}), json.dumps({"metadata": {}}),
+    json.dumps({"answer": "1", "metadata": {"source_dataset": "no_such_dataset"}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", BAD_ENTRIES)
+def test_bad_rows_score_zero(entry):
+    assert score_completion("<answer>1</answer>", "1", "chain_sum", entry) == 0.0
+    assert score_completion("<answer>1</answer>", None, "gsm8k", entry) == 0.0
+
+
+def test_decode_entry():
+    assert decode_entry("{not json") is None
+    assert decode_entry(json.dumps({"metadata": {"source_dataset": "ab"}})) == {"metadata": {"source_dataset": "ab"}}
+
+
+# --- GSM8K -------------------------------------------------------------------------------------
+
+NORMALISATION = [
+    ("1000", "1000"), ("1,000", "1000"), ("1 000", "1000"), ("$18.00", "18"), ("18.", "18"),
+    ("2.50", "2.5"), ("-3", "-3"), ("-$3", "-3"), ("+4", "4"), ("0.5", "0.5"), (".5", "0.5"),
+    ("0.50", "0.5"), ("007", "7"), ("-0.0", "0"), ("€5", "5"), ("£1,234.50", "1234.5"),
+    (" 42 ", "42"), ("10", "10"), ("100", "100"), ("1.000", "1"),
+    ("1/2", None), ("50%", None), ("1e3", None), ("18 dollars", None), ("", None), (".", None),
+    ("1.2.3", None), ("--3", None), ("١٨", None), ("NaN", None), ("Infinity", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "canonical"), NORMALISATION)
+def test_normalize_number(text, canonical):
+    assert normalize_number(text) == canonical
+
+
+def test_normalisation_compares_exact_decimals():
+    assert normalize_number("0.1") != normalize_number("0.10000000000000001")
+    assert normalize_number("12345678901234567890.5") == "12345678901234567890.5"
+    assert score_gsm8k("<answer>10</answer>", "100") == 0.0
+    assert score_gsm8k("<answer>$1,000.00</answer>", "#### 1000") == 1.0
+    assert score_gsm8k("<answer>.5</answer>", "#### 0.5") == 1.0
+
+
+def test_normalisation_ignores_the_decimal_context():
+    # Generating decimal_arithmetic items sets the global decimal precision (to 6 by default).
+    with decimal.localcontext(prec=3):
+        assert normalize_number("12,345.6780") == "12345.678"
+        assert score_gsm8k("<answer>12345.678</answer>", "#### 12345.679") == 0.0
+
+
+PREDICTIONS = [
+    ("She makes 9 * 2 = $18 every day.", "18"), ("3 apples and 4 pears", "4"), ("15-3=12", "12"),
+    ("it costs -5 dollars", "-5"), ("total: 1,234.5 dollars.", "1234.5"), ("x2 and y3", None),
+    ("<answer>18</answer> then 19", "18"), ("<answer>$1,000</answer>", "1000"),
+    ("<answer>18 dollars</answer> 18", None), ("<answer>18", "18"), ("no numbers", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("completion", "prediction"), PREDICTIONS)
+def test_predicted_number(completion, prediction):
+    assert predicted_number(completion) == prediction
+
+
+def test_gold_number_takes_text_after_hashes_or_a_bare_number():
+    assert gold_number("She sells 9 eggs.\n#### 18") == "18"
+    assert gold_number("#### 1,000") == "1000"
+    assert gold_number("18") == "18"
+    assert gold_number("no number here") is None
+
+
+def test_every_gsm8k_test_gold_scores_one():
+    lines = (GSM8K_DIR / "test.jsonl").read_text().splitlines()
+    assert len(lines) == 1319
+    for line in lines:
+        solution = json.loads(line)["answer"]
+        number = solution.rpartition("####")[2].strip()
+        assert score_completion(f"<answer>{number}</answer>", solution, "gsm8k", "") == 1.0, solution
+        assert score_completion(f"<answer>{number}</answer>", number, "gsm8k", "") == 1.0, number
+        assert score_completion(solution, solution, "gsm8k", "") == 1.0, solution  # its last number
+        row = {"answer": solution, "task": "gsm8k", "entry": ""}
+        assert score_completion(reference_completion(row, "<answer>"), solution, "gsm8k", "", "<answer>") == 1.0
+
+
+# --- Reasoning Gym -----------------------------------------------------------------------------
+
+
+def test_family_configs_list_the_26_datasets():
+    assert len(family_datasets()) == 26
+
+
+@pytest.mark.parametrize(("name", "config"), family_datasets(), ids=[name for name, _ in family_datasets()])
+def test_gold_answers_score_one(name, config):
+    for item in reasoning_gym.create_dataset(name, seed=7, size=ITEMS_PER_DATASET.get(name, 5), **config):
+        gold = item["answer"] if item["answer"] is not None else item["metadata"]["example_answer"]
+        assert rg_score(f"<think>...</think>\n<answer>{gold}</answer>", item) == 1.0, (name, gold)
+        row = rg_row(item)
+        assert rg_score(reference_completion(row, "<answer>"), item, prefill="<answer>") == 1.0, (name, gold)
+
+
+# --- answer guards (score functions that eval the answer) --------------------------------------
+
+HOSTILE = [
+    "__import__('os')._exit(3)", "exit()", "input()", "9**9**9", "((9**99)**99)**99",
+    "sin('__import__(\"os\")._exit(4)')", "[].__class__", "f'{1:>999999999}'",
+    "2**" + "9" * 400, "2**(1/1" + "0" * 400 + ")**99999", "2**(99*99*99*99)", "(2**99)**(99*99)", "(x+1)**1000",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["binary_matrix", "intermediate_integration", "polynomial_multiplication"])
+def test_hostile_answers_are_not_run(name, tmp_path):
+    item, _ = rg_item(name)
+    marker = tmp_path / "ran"
+    for answer in [*HOSTILE, f"open({str(marker)!r}, 'w')"]:
+        start = time.perf_counter()
+        assert rg_score(f"<answer>{answer}</answer>", item) == 0.0
+        assert time.perf_counter() - start < 2.0
+        assert not is_safe_answer(name, answer)
+    assert not marker.exists()
+
+
+def test_guards_keep_partial_credit_and_equivalent_answers():
+    item, gold = rg_item("binary_matrix", min_n=2, max_n=3)
+    as_list = str([[int(x) for x in row.split()] for row in gold.splitlines()])
+    assert rg_score(f"<answer>{as_list}</answer>", item) == pytest.approx(0.1)  # RG's credit for a list
+    item, gold = rg_item("polynomial_multiplication")
+    assert rg_score(f"<answer>{gold.replace(' ', '')}</answer>", item) == 1.0
+    assert is_safe_answer("intermediate_integration", "-2*x**(3/2)/3 + exp(x)*sin(x) + C")
+    assert is_safe_answer("polynomial_multiplication", "x**(1/1" + "0" * 400 + ")")  # a tiny exponent
+    assert is_safe_answer("chain_sum", "__import__('os')")  # chain_sum never evals its answer
+
+
+# --- format reward -----------------------------------------------------------------------------
+
+FORMATS = [
+    ("<think>a</think><answer>b</answer>", True),
+    ("<think>\nstep\n</think>\n<answer> 42 </answer>\n", True),
+    ("  <think></think> <answer></answer>", True),
+    ("<think>a<answer>x</answer></think><answer>b</answer>", True),
+    ("<answer>b</answer>", False),
+    ("<think>a</think>", False),
+    ("<think>a</think><answer>b", False),
+    ("text <think>a</think><answer>b</answer>", False),
+    ("<think>a</think><answer>b</answer> more", False),
+    ("<think>a</think> x <answer>b</answer>", False),
+    ("<think>a</think><answer>b</answer><answer>c</answer>", False),
+    ("<think>a<think>b</think><answer>c</answer>", False),
+    ("<answer>b</answer><think>a</think>", False),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FORMATS)
+def test_format(text, expected):
+    assert has_format(text) is expected
+
+
+def test_format_reward_honours_prefill():
+    assert format_reward(prompts=["q"], completions=["a</think><answer>b</answer>"], prefill="<think>") == [1.0]
+    assert format_reward(prompts=["q"], completions=["a</think><answer>b</answer>"]) == [0.0]
+
+
+# --- factory and TRL call form -----------------------------------------------------------------
+
+
+def test_factory_defaults_to_accuracy_only():
+    functions, weights = make_reward_functions()
+    assert [f.__name__ for f in functions] == ["accuracy"] and weights == [1.0]
+    functions, weights = make_reward_functions(format_weight=0.25, prefill="<think>")
+    assert [f.__name__ for f in functions] == ["accuracy", "format"] and weights == [1.0, 0.25]
+
+
+def test_called_as_trl_calls_it():
+    from trl.trainer.utils import get_callable_name
+
+    item, gold = rg_item("chain_sum")
+    functions, _ = make_reward_functions(format_weight=1.0)
+    assert [get_callable_name(f) for f in functions] == ["accuracy", "format"]
+    row = rg_row(item)
+    columns = {"answer": [row["answer"], "#### 7"], "task": [row["task"], "gsm8k"], "entry": [row["entry"], ""]}
+    extras = {"completion_ids": [[1], [2]], "trainer_state": None, "log_extra": None, "log_metric": None}
+    completions = [f"<think>x</think><answer>{gold}</answer>", "so 7"]
+    assert functions[0](prompts=["a", "b"], completions=completions, **columns, **extras) == [1.0, 1.0]
+    assert functions[1](prompts=["a", "b"], completions=completions, **columns, **extras) == [1.0, 0.0]
+
+
+# --- fuzz: no reward function raises, all return floats in [0, 1] ------------------------------
+
+FRAGMENTS = st.sampled_from([
+    "<answer>", "</answer>", "<think>", "</think>", "####", "$", ",", ".", "-", " ", "\n", "(",
+    "1,000", "18.00", "é", "٣", "∞", "NaN", "1e309", "x**2", "[[1,0]]", "None", "\x00",
+    "**", "*", "/", "9", "x", ")", "sin(", "'", "__import__", ".__class__",
+])  # fmt: skip
+NUMBERS = st.one_of(st.integers().map(str), st.floats().map(str), st.decimals().map(str))
+PIECES = st.lists(st.one_of(FRAGMENTS, NUMBERS, st.text(max_size=8)), max_size=12).map("".join)
+TEXTS = st.one_of(st.text(), PIECES)
+COMPLETIONS = st.one_of(TEXTS, TEXTS.map(lambda text: [{"role": "assistant", "content": text}]))
+FUZZ_DATASETS = ["chain_sum", "binary_matrix", "polynomial_multiplication", "propositional_logic", "jugs"]
+FUZZ_ROWS = {
+    "gsm8k": {"answer": "Natalia sold 48 clips.\n#### 72", "task": "gsm8k", "entry": ""},
+    **{name: rg_row(rg_item(name)[0]) for name in FUZZ_DATASETS},
+}
+
+
+@pytest.mark.parametrize("row_name", FUZZ_ROWS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(completion=COMPLETIONS, prefill=st.sampled_from(["", "<answer>", "<think>"]))
+def test_rewards_never_raise(row_name, completion, prefill):
+    row = FUZZ_ROWS[row_name]
+    functions, _ = make_reward_functions(format_weight=1.0, prefill=prefill)
+    for reward in functions:
+        (value,) = call(reward, [completion], row["answer"], row["task"], row["entry"])
+        assert isinstance(value, float) and 0.0 <= value <= 1.0
