@@ -22,13 +22,15 @@ from typing import Any, Literal
 
 import yaml
 
+from musketeers.errors import MusketeersError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 METHODS = ("perceiver", "ffn", "hard_routing", "text_hints", "single")
 POOLINGS = ("last_token", "first_token", "random_token", "first_layer", "random_layer")
 
 
-class ConfigError(ValueError):
+class ConfigError(MusketeersError, ValueError):
     """A bad config: the message is one line naming the source, the key and what would be valid."""
 
 

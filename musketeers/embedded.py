@@ -31,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from musketeers.errors import MusketeersError
+
 log = logging.getLogger(__name__)
 
 MARKER = ".musketeers-complete.json"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(MusketeersError, RuntimeError):
     """A model or tokenizer could not be loaded; the message is one line naming the reference."""
 
 

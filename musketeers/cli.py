@@ -1,0 +1,116 @@
+"""The `musketeers` command line. Every bad input ends as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from musketeers.config import RunConfig, load_run_config
+from musketeers.errors import MusketeersError
+
+TASK_HELP = "a task family by name (arithmetic, algorithmic, logic, gsm8k) or a path to a task YAML"
+OVERRIDES_HELP = "config overrides as dotted key=value, e.g. team=naive seed=1 training.max_steps=10"
+
+
+class UsageError(MusketeersError, ValueError):
+    """A bad command-line argument."""
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return load_run_config(args.task, args.overrides)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    from musketeers.data import build_prompt, load_split
+    from musketeers.models import load_tokenizer
+    from rewards import reference_completion, score_completion
+
+    if args.n < 1:
+        raise UsageError(f"-n must be at least 1, got {args.n}")
+    cfg = _config(args)
+    rows = load_split(cfg.task, args.split)
+    tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
+    for k in range(min(args.n, len(rows))):
+        row = rows[k]
+        gold = reference_completion(row, prefill=cfg.task.assistant_prefill)
+        reward = score_completion(gold, row["answer"], row["task"], row["entry"], prefill=cfg.task.assistant_prefill)
+        print(f"=== {args.split}[{k}]  dataset={row['task']}")
+        print(build_prompt(row["question"], tokenizer, cfg.task))
+        print(f"--- gold answer: {row['answer']!r}")
+        print(f"--- reward of the gold answer: {reward:.3f}\n")
+
+
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from musketeers.data import disjointness_report
+
+    report = disjointness_report(_config(args).task)
+    print(json.dumps(report, indent=2))
+    if not report["disjoint"]:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="musketeers",
+        description="Multi-expert RLVR: frozen experts, a Perceiver adapter and a LoRA policy trained with GRPO.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_task(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("task", help=TASK_HELP)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+        return p
+
+    config = commands.add_parser("config", help="show resolved configs").add_subparsers(dest="action", metavar="ACTION", required=True)
+    with_task(config.add_parser("show", help="print the resolved config of a run")).set_defaults(func=cmd_config_show)
+
+    data = commands.add_parser("data", help="inspect task data").add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = with_task(data.add_parser("show", help="print prompts, gold answers and the reward the gold answer earns"))
+    show.add_argument("--split", default="train", choices=["train", "validation", "test"])
+    show.add_argument("-n", type=int, default=3, help="number of items (default 3)")
+    show.set_defaults(func=cmd_data_show)
+    check = with_task(data.add_parser("check", help="prove at full size that no held-out question is in training"))
+    check.set_defaults(func=cmd_data_check)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, letting key=value overrides stand anywhere (also after options such as -n 3)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        args.func(args)
+    except MusketeersError as e:
+        print(f"musketeers: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

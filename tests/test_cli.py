@@ -1,0 +1,63 @@
+"""The command line: help, config show, data show/check, and one-line errors with exit code 2."""
+import pytest
+import yaml
+
+from musketeers.cli import main
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return info.value.code or 0, out, err
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSKETEERS_CACHE", str(tmp_path / "cache"))
+
+
+def test_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "config" in out and "data" in out
+
+
+def test_config_show_prints_resolved_yaml(capsys):
+    code, out, _ = run(capsys, "config", "show", "logic", "team=naive", "seed=2", "training.max_steps=7")
+    cfg = yaml.safe_load(out)
+    assert code == 0 and cfg["seed"] == 2 and cfg["training"]["max_steps"] == 7
+    assert cfg["team"]["name"] == "naive" and len(cfg["team"]["experts"]) == 4
+
+
+def test_data_show_prints_prompt_gold_and_reward(capsys, gsm8k_dir):
+    code, out, _ = run(capsys, "data", "show", "gsm8k", "--split", "test", "-n", "2",
+                       f"task.path={gsm8k_dir}", "policy.model=random:llama")
+    assert code == 0 and out.count("--- reward of the gold answer: 1.000") == 2
+    assert "Janet" in out and "User: " in out  # random tokenizers have no chat template: plain layout
+    code, out, _ = run(capsys, "data", "show", "arithmetic", "-n", "1", "task.train_size=5", "task.validation_size=5",
+                       "policy.model=random:llama")
+    assert code == 0 and "reward of the gold answer: 1.000" in out
+
+
+def test_data_check_small(capsys):
+    code, out, _ = run(capsys, "data", "check", "algorithmic", "task.train_size=50", "task.validation_size=20")
+    assert code == 0 and '"shared_questions": 0' in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["config", "show", "arithmetc"], "musketeers: error: unknown task 'arithmetc'; did you mean 'arithmetic'?"),
+    (["config", "show", "logic", "team=nave"], "musketeers: error: unknown team 'nave'; did you mean 'naive'?"),
+    (["config", "show", "logic", "trainng.beta=1"], "musketeers: error: command line: trainng: unknown key; did you mean 'training'?"),
+    (["data", "show", "logic", "-n", "0"], "musketeers: error: -n must be at least 1, got 0"),
+    (["data", "show", "logic", "--split", "test", "policy.model=random:llama"],
+     "musketeers: error: task 'logic' has no test split; Reasoning Gym families use: train, validation"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and err.strip() == message
+
+
+def test_stray_arguments_are_rejected(capsys):
+    code, _, err = run(capsys, "config", "show", "logic", "--frobnicate")
+    assert code == 2 and "unrecognized arguments: --frobnicate" in err
