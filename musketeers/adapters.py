@@ -160,11 +160,14 @@ class HardRouter(_Adapter):
         self.encoder_dim, self.gumbel_temperature = int(encoder_dim), float(gumbel_temperature)
         self.router = nn.Linear(encoder_dim, self.num_experts)
 
-    def select(self, encoder_embeddings: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+    def select(self, encoder_embeddings: Tensor, training: bool | None = None,
+               noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """[B, e] sentence embeddings -> (one_hot [B, n], logits [B, n]).
 
         Training (default: self.training): straight-through Gumbel-softmax; the forward value is
-        exactly one-hot, the gradient is that of the soft sample. Evaluation: argmax, no noise.
+        exactly one-hot, the gradient is that of the soft sample. `noise` [B, n] (Gumbel(0, 1)
+        samples) may be given so a later pass reproduces the same choice with gradients; we draw it
+        ourselves because F.gumbel_softmax cannot take it. Evaluation: argmax, no noise.
         """
         if encoder_embeddings.dim() != 2 or encoder_embeddings.shape[1] != self.encoder_dim:
             raise ValueError(f"expected encoder embeddings [batch, {self.encoder_dim}], "
@@ -174,9 +177,17 @@ class HardRouter(_Adapter):
         training = self.training if training is None else training
         if not training:
             return F.one_hot(logits.argmax(-1), self.num_experts).to(logits.dtype), logits
-        st = F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True)
-        hard = F.one_hot(st.argmax(-1), self.num_experts).to(st.dtype)
-        return hard + (st - st.detach()), logits  # value exactly one-hot (no 1 - s + s rounding)
+        if noise is None:
+            noise = self.sample_noise(logits.shape, logits.device)
+        soft = torch.softmax((logits + noise.to(logits)) / self.gumbel_temperature, dim=-1)
+        hard = F.one_hot(soft.argmax(-1), self.num_experts).to(soft.dtype)
+        return hard + (soft - soft.detach()), logits  # value exactly one-hot (no 1 - s + s rounding)
+
+    @staticmethod
+    def sample_noise(shape: torch.Size | tuple[int, ...], device: torch.device | str = "cpu") -> Tensor:
+        """Gumbel(0, 1) noise: -log(-log U), U ~ Uniform(0, 1)."""
+        u = torch.rand(shape, device=device).clamp_(1e-10, 1.0 - 1e-7)
+        return -torch.log(-torch.log(u))
 
     @staticmethod
     def groups(one_hot: Tensor) -> dict[int, Tensor]:

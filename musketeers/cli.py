@@ -13,6 +13,7 @@ from musketeers.config import RunConfig, load_run_config
 from musketeers.errors import MusketeersError
 
 TASK_HELP = "a task family by name (arithmetic, algorithmic, logic, gsm8k) or a path to a task YAML"
+DEFAULT_TASK = "demo"  # the embedded CPU demo: configs/tasks/demo.yaml
 OVERRIDES_HELP = "config overrides as dotted key=value, e.g. team=naive seed=1 training.max_steps=10"
 
 
@@ -63,6 +64,30 @@ def cmd_data_check(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+# ----------------------------------------------------------------------------- experts
+
+
+def cmd_experts_probe(args: argparse.Namespace) -> None:
+    from experts.probe import format_probe, probe_team
+
+    cfg = load_run_config(args.task, [f"team={args.team}", *args.overrides])
+    print(format_probe(probe_team(cfg.team, cfg.task, backend=args.backend)))
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from musketeers.train import train
+
+    if args.resume:
+        if args.task or args.overrides:
+            raise UsageError("--resume continues a run with its own config: give no task or overrides with it")
+        train(resume=args.resume)
+        return
+    train(load_run_config(args.task or DEFAULT_TASK, args.overrides))
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -77,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("task", help=TASK_HELP)
         p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
         return p
+
+    train = commands.add_parser("train", help="run GRPO (no task: the embedded CPU demo, configs/tasks/demo.yaml)")
+    train.add_argument("task", nargs="?", help=TASK_HELP)
+    train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    experts = commands.add_parser("experts", help="inspect expert teams").add_subparsers(dest="action", metavar="ACTION", required=True)
+    probe = experts.add_parser("probe", help="load a team and print each expert's size, vocabulary, load time and latency")
+    probe.add_argument("team", help="a team by name (default, generalist, naive, llm, embedded) or a path to a team YAML")
+    probe.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    probe.add_argument("--task", default="arithmetic", help="the task whose system prompt experts read (default arithmetic)")
+    probe.add_argument("--backend", choices=["ray", "local"], help="override the team's backend")
+    probe.set_defaults(func=cmd_experts_probe)
 
     config = commands.add_parser("config", help="show resolved configs").add_subparsers(dest="action", metavar="ACTION", required=True)
     with_task(config.add_parser("show", help="print the resolved config of a run")).set_defaults(func=cmd_config_show)

@@ -342,6 +342,8 @@ def _read_layer(path: Path) -> _Layer:
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data, team_ref = _split_team_ref(data)
     _build(RunConfig, data, "", str(path), partial=True)
+    if team_ref and (path.parent / team_ref).is_file():  # a team path in a file is relative to that file
+        team_ref = str(path.parent / team_ref)
     return _Layer(str(path), data, team_ref)
 
 
@@ -376,6 +378,16 @@ def load_run_config(task: str, overrides: typing.Sequence[str] = (), base: Path 
         merged = _merge(merged, layer.data)
     config = _build(RunConfig, merged, "", "config")
     _validate(config, lambda key: _source_of(key, layers))
+    return config
+
+
+def load_resolved_config(path: Path) -> RunConfig:
+    """A resolved config written by a run (config.yaml), checked like any other."""
+    data = _read_yaml(Path(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    config = _build(RunConfig, data, "", str(path))
+    _validate(config, lambda key: str(path))
     return config
 
 

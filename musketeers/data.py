@@ -56,9 +56,17 @@ def system_prompt(task: TaskConfig) -> str | None:
     return SYSTEM_PROMPTS[task.system_prompt]
 
 
-def build_prompt(question: str, tokenizer: Any, task: TaskConfig) -> str:
-    """The one place prompts are built: system prompt + question through the tokenizer's chat
-    template, then the assistant prefill. Tokenizers without a chat template get a plain layout."""
+def hints_block(hints: Sequence[tuple[str, str]]) -> str:
+    """The text-hints baseline's block (eq. 12): each expert's decoded hint, verbatim."""
+    return "[Expert Hints]\n" + "\n".join(f"{name}: {hint}" for name, hint in hints)
+
+
+def build_prompt(question: str, tokenizer: Any, task: TaskConfig, hints: Sequence[tuple[str, str]] = ()) -> str:
+    """The one place prompts are built: system prompt + question (+ an "[Expert Hints]" block of
+    (expert name, hint) pairs) through the tokenizer's chat template, then the assistant prefill.
+    Tokenizers without a chat template get a plain layout."""
+    if hints:
+        question = f"{question}\n\n{hints_block(hints)}"
     system = system_prompt(task)
     if getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]

@@ -1,0 +1,121 @@
+"""Pooled states computed once: an in-memory cache per expert, optionally mirrored on disk.
+
+A pooled state depends only on (expert, pooling, prompt), so the G completions of a GRPO group and
+every later visit of a prompt share one forward. The on-disk mirror (team.cache_dir) survives
+restarts: one directory per expert fingerprint (model identity, dtype, pooling, seed, max_length,
+system prompt), holding safetensors shards of {keys: uint8 [N, 32] sha256 of the question,
+states: float32 [N, d]}. Each encoded batch is one shard, written to a temporary file and renamed
+into place, so a crash never leaves a half-written shard; many shards are merged at load time.
+Memory: prompts x d x 4 bytes per expert (16,000 prompts of a 3,584-wide expert: about 230 MB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+MERGE_AT = 64  # shards found at load time before they are merged into one
+
+
+def prompt_key(question: str) -> bytes:
+    """A question's cache key (sha256 digest, 32 bytes)."""
+    return hashlib.sha256(question.encode()).digest()
+
+
+def fingerprint(fields: dict) -> str:
+    """Short stable hash of everything a pooled state depends on besides the prompt."""
+    text = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class DiskCache:
+    """Shards of pooled states in one directory (one expert fingerprint)."""
+
+    def __init__(self, directory: Path, metadata: dict[str, str]):
+        self.directory = Path(directory)
+        self.metadata = metadata
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def shards(self) -> list[Path]:
+        return sorted(self.directory.glob("*.safetensors"))
+
+    def load(self) -> dict[bytes, torch.Tensor]:
+        """Every state on disk; shards that vanished or cannot be read (another run merging) are skipped."""
+        from safetensors.torch import load_file
+
+        states: dict[bytes, torch.Tensor] = {}
+        shards = self.shards()
+        for shard in shards:
+            try:
+                data = load_file(shard)
+            except Exception:  # noqa: BLE001 - vanished or corrupt: recompute those prompts
+                continue
+            for key, state in zip(data["keys"], data["states"]):
+                states[bytes(key.tolist())] = state
+        if len(shards) >= MERGE_AT and states:
+            self._merge(states, shards)
+        return states
+
+    def save(self, keys: list[bytes], states: torch.Tensor) -> None:
+        """Write one shard atomically: a temporary file, then os.replace."""
+        from safetensors.torch import save_file
+
+        if not keys:
+            return
+        key_tensor = torch.tensor([list(k) for k in keys], dtype=torch.uint8)
+        name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.directory / f".{name}.tmp"
+        save_file({"keys": key_tensor, "states": states.contiguous()}, str(tmp), metadata=self.metadata)
+        os.replace(tmp, self.directory / f"{name}.safetensors")
+
+    def _merge(self, states: dict[bytes, torch.Tensor], shards: list[Path]) -> None:
+        keys = list(states)
+        self.save(keys, torch.stack([states[k] for k in keys]))
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+
+
+class StateCache:
+    """Pooled states of one expert, by question, with hit/miss/forward counts."""
+
+    def __init__(self, disk: DiskCache | None = None):
+        self.disk = disk
+        self.states: dict[bytes, torch.Tensor] = disk.load() if disk else {}
+        self.loaded = len(self.states)
+        self.hits = self.misses = self.forwards = 0
+
+    def plan(self, questions: list[str]) -> tuple[list[bytes], list[str]]:
+        """Keys of all questions, and the distinct questions not cached yet (to compute once each).
+        Counts a miss per distinct new question and a hit per every other request."""
+        keys = [prompt_key(q) for q in questions]
+        todo: dict[bytes, str] = {}
+        for key, question in zip(keys, questions):
+            if key not in self.states and key not in todo:
+                todo[key] = question
+        self.misses += len(todo)
+        self.hits += len(questions) - len(todo)
+        return keys, list(todo.values())
+
+    def add(self, questions: list[str], states: torch.Tensor) -> None:
+        """Store freshly computed states (and mirror them on disk)."""
+        states = states.clone()  # own the memory (not a view of a transport buffer)
+        keys = [prompt_key(q) for q in questions]
+        for key, state in zip(keys, states):
+            self.states[key] = state
+        self.forwards += len(questions)
+        if self.disk:
+            self.disk.save(keys, states)
+
+    def gather(self, keys: list[bytes]) -> torch.Tensor:
+        return torch.stack([self.states[k] for k in keys])
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "forwards": self.forwards,
+                "cached": len(self.states), "loaded_from_disk": self.loaded}

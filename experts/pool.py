@@ -1,0 +1,251 @@
+"""ExpertPool: a team of frozen experts behind one API, as Ray actors or in-process.
+
+    with ExpertPool(cfg.team, cfg.task, seed=cfg.seed) as pool:
+        states = pool.encode(questions)         # [B, d_i] float32 CPU tensors, in team order
+        state = pool.encode_expert(2, qs)       # hard routing: only expert 2 runs
+        hints = pool.generate_hints(qs, 128)    # text-hints baseline: [expert][question] strings
+
+Backends: `ray` (the default for training) puts each expert in its own actor with the team file's
+resources (num_cpus, num_gpus, fractions allowed) and calls all experts concurrently; `local`
+holds the experts in this process (unit tests, single-process GPU runs). Both compute the same
+numbers. Ray restarts a killed actor and retries the call, so a dead expert process costs a reload,
+not the run. Every (expert, prompt) is computed once per pool (cache.py), duplicates in a request
+included, so a GRPO batch of B prompts x G completions runs B forwards per expert.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from experts.cache import DiskCache, StateCache, fingerprint
+from experts.worker import ExpertLoadError, ExpertWorker
+from musketeers.config import ExpertConfig, TaskConfig, TeamConfig
+
+BACKENDS = ("ray", "local")
+MAX_RESTARTS = 8  # restarts of a dead expert actor before its calls fail
+MAX_TASK_RETRIES = 4  # retries of a call whose actor died under it
+OBJECT_STORE_BYTES = 150 * 2**20  # pooled states are small; keep Ray's shared memory small too
+
+
+class RayExpertWorker(ExpertWorker):
+    """The body of an expert actor: its own thread count, and a load error kept for info() (an
+    exception in an actor's constructor would surface as a long traceback, not one line)."""
+
+    def __init__(self, expert: ExpertConfig, task: TaskConfig, pooling: str, seed: int, threads: int):
+        torch.set_num_threads(threads)
+        self.load_error = None
+        try:
+            super().__init__(expert, task, pooling, seed)
+        except ExpertLoadError as e:
+            self.load_error = str(e)
+
+    def info(self) -> dict:
+        return {"error": self.load_error} if self.load_error else super().info()
+
+
+def init_ray(num_cpus: float) -> bool:
+    """Start a quiet local Ray unless one is running (or RAY_ADDRESS names a cluster to join).
+    Returns True when this call started it (so its owner shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs = {"log_to_driver": False, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}
+    if not os.environ.get("RAY_ADDRESS"):
+        # logical CPUs: every expert actor must fit, even when the team asks for more than the cores
+        kwargs.update(num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
+                      object_store_memory=OBJECT_STORE_BYTES)
+    ray.init(**kwargs)
+    return True
+
+
+class ExpertPool:
+    """A team's experts: pooled hidden states (cached), hard-routed single experts, text hints."""
+
+    def __init__(self, team: TeamConfig, task: TaskConfig, seed: int = 0, backend: str | None = None):
+        self.team, self.task, self.seed = team, task, seed
+        self.backend = backend or team.backend
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown expert backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        if not team.experts:
+            raise ValueError(f"team {team.name!r} has no experts")
+        self.workers: list = []  # ExpertWorker objects (local) or Ray actor handles
+        self._owns_ray = False
+        try:
+            self.infos = self._start()
+            self._caches = [StateCache(self._disk_cache(e)) for e in team.experts]
+        except BaseException:
+            self.shutdown()
+            raise
+        self._hints: list[dict[tuple[str, int], str]] = [{} for _ in team.experts]
+
+    # ------------------------------------------------------------------ start / stop
+
+    def _start(self) -> list[dict]:
+        experts, pooling = self.team.experts, self.team.pooling
+        if self.backend == "local":
+            self.workers = [ExpertWorker(e, self.task, pooling, self.seed) for e in experts]
+            return [w.info() for w in self.workers]
+        import ray
+
+        self._owns_ray = init_ray(sum(e.num_cpus for e in experts))
+        self._check_resources()
+        actor = ray.remote(RayExpertWorker)
+        for e in experts:
+            threads = max(1, int(e.num_cpus))
+            options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "max_restarts": MAX_RESTARTS,
+                       "max_task_retries": MAX_TASK_RETRIES,
+                       "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
+            self.workers.append(actor.options(**options).remote(e, self.task, pooling, self.seed, threads))
+        pending = [w.info.remote() for w in self.workers]  # all experts load concurrently
+        return [self._loaded(e, ref) for e, ref in zip(experts, pending)]
+
+    @staticmethod
+    def _loaded(expert: ExpertConfig, ref) -> dict:
+        """An expert actor's info once it has loaded, or its failure as one ExpertLoadError line."""
+        import ray
+
+        from musketeers.models import one_line
+
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayActorError as e:  # the process died while loading (e.g. out of memory)
+            raise ExpertLoadError(f"expert {expert.name!r} ({expert.model}) failed to load: its actor died "
+                                  f"({one_line(e)})") from None
+        if "error" in info:
+            raise ExpertLoadError(info["error"])
+        return info
+
+    def _check_resources(self, wait_s: float = 10.0) -> None:
+        """Fail now, not hang forever, when the Ray cluster cannot fit the experts. Resources that a
+        pool just shut down frees may take a moment to show, hence a short wait when they could."""
+        import ray
+
+        want = {"CPU": sum(e.num_cpus for e in self.team.experts), "GPU": sum(e.num_gpus for e in self.team.experts)}
+        total = ray.cluster_resources()
+        deadline = time.monotonic() + wait_s
+        while True:
+            free = ray.available_resources()
+            short = [k for k, n in want.items() if n > free.get(k, 0.0) + 1e-9]
+            never = any(want[k] > total.get(k, 0.0) + 1e-9 for k in short)
+            if not short or never or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if short:
+            k = short[0]
+            raise ExpertLoadError(f"team {self.team.name!r}: its experts need {want[k]:g} {k} in all "
+                                  f"(num_cpus / num_gpus in the team file), the Ray cluster has {free.get(k, 0.0):g} free")
+
+    def _disk_cache(self, expert: ExpertConfig) -> DiskCache | None:
+        if not self.team.cache_dir:
+            return None
+        from musketeers.data import system_prompt
+        from musketeers.models import model_identity
+
+        fields = {"model": model_identity(expert.model), "name": expert.name, "dtype": expert.dtype,
+                  "pooling": self.team.pooling, "seed": self.seed, "max_length": expert.max_length,
+                  "system_prompt": system_prompt(self.task)}
+        safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in expert.name)
+        directory = Path(self.team.cache_dir).expanduser() / f"{safe_name}-{fingerprint(fields)}"
+        return DiskCache(directory, {k: str(v) for k, v in fields.items()})
+
+    def shutdown(self) -> None:
+        """Stop every expert (kill the actors; stop Ray if this pool started it). Idempotent."""
+        if self.backend == "ray" and self.workers:
+            import ray
+
+            for actor in self.workers:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        self.workers = []
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> ExpertPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ calls
+
+    def _call(self, index: int, method: str, *args):
+        """Start a call on one expert: a Ray object ref, or (local) the result itself."""
+        if not self.workers:
+            raise RuntimeError("the expert pool has been shut down")
+        worker = self.workers[index]
+        if self.backend == "ray":
+            return getattr(worker, method).remote(*args)
+        return getattr(worker, method)(*args)
+
+    def _wait(self, pending: list) -> list:
+        if self.backend == "ray" and pending:
+            import ray
+
+            return ray.get(pending)
+        return pending
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.team.experts]
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return [info["hidden_size"] for info in self.infos]
+
+    @property
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per expert: hits, misses, forwards (prompts run through the model), cached, loaded_from_disk."""
+        return {name: cache.stats() for name, cache in zip(self.names, self._caches)}
+
+    def encode(self, questions: list[str]) -> list[torch.Tensor]:
+        """Pooled states of every expert, in team order: a [B, d_i] float32 CPU tensor each."""
+        return self._encode(range(len(self.team.experts)), list(questions))
+
+    def encode_expert(self, index: int, questions: list[str]) -> torch.Tensor:
+        """Pooled states of one expert [B, d_index]; the others do not run (hard routing)."""
+        return self._encode([index], list(questions))[0]
+
+    def _encode(self, indices, questions: list[str]) -> list[torch.Tensor]:
+        plans = {i: self._caches[i].plan(questions) for i in indices}
+        pending = {i: self._call(i, "encode", todo) for i, (_, todo) in plans.items() if todo}
+        for i, states in zip(pending, self._wait(list(pending.values()))):
+            self._caches[i].add(plans[i][1], states)
+        return [self._gather(i, plans[i][0]) for i in indices]
+
+    def _gather(self, index: int, keys: list[bytes]) -> torch.Tensor:
+        if not keys:
+            return torch.zeros(0, self.hidden_sizes[index])
+        return self._caches[index].gather(keys)
+
+    def generate_hints(self, questions: list[str], max_new_tokens: int) -> list[list[str]]:
+        """Each expert's greedy hint (at most max_new_tokens of its tokens) per question:
+        [expert][question], computed once per distinct question."""
+        questions = list(questions)
+        todo = [list(dict.fromkeys(q for q in questions if (q, max_new_tokens) not in hints)) for hints in self._hints]
+        pending = {i: self._call(i, "generate", qs, max_new_tokens) for i, qs in enumerate(todo) if qs}
+        for i, texts in zip(pending, self._wait(list(pending.values()))):
+            self._hints[i].update({(q, max_new_tokens): t for q, t in zip(todo[i], texts)})
+        return [[hints[(q, max_new_tokens)] for q in questions] for hints in self._hints]
+
+    def benchmark(self, index: int, questions: list[str], repeats: int = 3) -> dict:
+        """One expert's uncached encode of `questions` timed inside its worker:
+        {"seconds": [per repeat], "prompt_tokens": [per question]}."""
+        return self._wait([self._call(index, "benchmark", list(questions), repeats)])[0]
+
+    def __repr__(self) -> str:
+        return f"ExpertPool(team={self.team.name!r}, backend={self.backend!r}, experts={self.names})"

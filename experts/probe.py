@@ -1,0 +1,65 @@
+"""`musketeers experts probe <team>`: what each expert is and how fast it reads a batch.
+
+For every expert of a team: name, architecture, parameters, hidden size, tokenizer vocabulary,
+load time, and the median latency of encoding a batch of prompts (the task's system prompt through
+the expert's own chat template), measured inside the expert's worker after a warm-up.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from experts.pool import ExpertPool
+from musketeers.config import TaskConfig, TeamConfig
+
+PROBE_QUESTIONS = (
+    "What is 17 + 25?",
+    "Expand the product (3x + 2)(x - 5) and give the polynomial in standard form.",
+    "A train travels 120 km in 1.5 hours and then 80 km in 1 hour. What is its average speed in km/h "
+    "over the whole trip? Give the answer as a decimal number.",
+    "Find all real solutions of x^2 - 5x + 6 = 0.",
+)
+
+
+def probe_team(team: TeamConfig, task: TaskConfig, *, backend: str | None = None, repeats: int = 3,
+               questions: tuple[str, ...] = PROBE_QUESTIONS) -> list[dict]:
+    """Start the team, describe each expert and time one batch of `questions` (median of `repeats`)."""
+    rows = []
+    with ExpertPool(team, task, backend=backend) as pool:
+        for index, info in enumerate(pool.infos):  # one expert at a time: timings do not share cores
+            bench = pool.benchmark(index, list(questions), repeats)
+            rows.append({**info, "backend": pool.backend, "batch": len(questions),
+                         "prompt_tokens": statistics.mean(bench["prompt_tokens"]),
+                         "latency_ms": 1000 * statistics.median(bench["seconds"])})
+    return rows
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def format_probe(rows: list[dict]) -> str:
+    """A plain-text table, one line per expert."""
+    columns = [
+        ("expert", lambda r: r["name"]),
+        ("architecture", lambda r: r["architecture"]),
+        ("params", lambda r: _count(r["parameters"])),
+        ("hidden", lambda r: str(r["hidden_size"])),
+        ("layers", lambda r: str(r["num_layers"])),
+        ("vocab", lambda r: str(r["vocab_size"])),
+        ("dtype", lambda r: r["dtype"]),
+        ("device", lambda r: r["device"]),
+        ("load s", lambda r: f"{r['load_s']:.1f}"),
+        ("tokens/prompt", lambda r: f"{r['prompt_tokens']:.0f}"),
+        ("ms/batch", lambda r: f"{r['latency_ms']:.1f}"),
+    ]
+    table = [[title for title, _ in columns]] + [[get(r) for _, get in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+    if rows:
+        lines.append(f"(latency: median of encoding a batch of {rows[0]['batch']} prompts, "
+                     f"{rows[0]['backend']} backend)")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""One frozen expert: a model read through its own tokenizer, giving one pooled state per prompt.
+
+An `ExpertWorker` runs in-process (the local backend) or inside a Ray actor (see pool.py). It
+builds each question's text with the expert's own chat template and the task's system prompt
+(no assistant prefill: the expert reads the question, it does not answer it), cuts long prompts
+from the left so the end of the question stays, and pads batches itself. Padding is invisible to
+the result: the attention mask and explicit position ids (cumsum(mask) - 1) make a prompt's state
+the same alone or in a batch, padded on either side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import time
+
+import torch
+
+from experts.pooling import POOLINGS, needs_all_layers, pool_hidden_states, prompt_choice
+from musketeers.config import ExpertConfig, TaskConfig
+from musketeers.data import build_prompt
+from musketeers.errors import MusketeersError
+
+
+class ExpertLoadError(MusketeersError, RuntimeError):
+    """An expert's model could not be loaded; the message is one line naming the expert and why."""
+
+
+def load_expert_model(expert: ExpertConfig):
+    """(model, tokenizer) of an expert, frozen; any failure becomes one ExpertLoadError line."""
+    from musketeers.models import load_model, one_line
+
+    try:
+        model, tokenizer = load_model(expert.model, dtype=expert.dtype, device=expert.device,
+                                      trust_remote_code=expert.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - every failure must name the expert
+        raise ExpertLoadError(f"expert {expert.name!r} ({expert.model}) failed to load: {one_line(e)}") from None
+    model.requires_grad_(False)
+    return model.eval(), tokenizer
+
+
+class ExpertWorker:
+    """Holds one frozen expert and answers encode / generate / info requests."""
+
+    def __init__(self, expert: ExpertConfig, task: TaskConfig, pooling: str = "last_token", seed: int = 0,
+                 padding_side: str = "left", batch_size: int = 16):
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+        self.expert = expert
+        self.task = dataclasses.replace(task, assistant_prefill="")  # experts read, they do not answer
+        self.pooling, self.seed = pooling, seed
+        self.padding_side, self.batch_size = padding_side, batch_size
+        start = time.perf_counter()
+        self.model, self.tokenizer = load_expert_model(expert)
+        self.load_seconds = time.perf_counter() - start
+        self.encoder = self.model.base_model  # the transformer without its LM head: no logits wasted
+        self.device = next(self.model.parameters()).device
+        self._takes_positions = "position_ids" in inspect.signature(self.encoder.forward).parameters
+        self.num_forwards = 0  # prompts run through the model by encode()
+
+    # ------------------------------------------------------------------ tokenisation
+
+    def prompt(self, question: str) -> str:
+        """The text this expert reads for a question (its own chat template, no prefill)."""
+        return build_prompt(question, self.tokenizer, self.task)
+
+    def tokenize(self, questions: list[str], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) [B, T] on the model's device, each prompt cut from the left
+        to max_length tokens and padded on `padding_side`."""
+        tok = self.tokenizer
+        texts = [self.prompt(q) for q in questions]
+        # a chat template writes its own special tokens; plain layouts get the tokenizer's (e.g. BOS)
+        ids = tok(texts, add_special_tokens=not tok.chat_template)["input_ids"]
+        ids = [row[-self.expert.max_length:] for row in ids]
+        width = max(len(row) for row in ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+            input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return input_ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------ requests
+
+    @torch.inference_mode()
+    def _encode_batch(self, questions: list[str]) -> torch.Tensor:
+        ids, mask = self.tokenize(questions, self.padding_side)
+        kwargs = {"input_ids": ids, "attention_mask": mask}
+        if self._takes_positions:  # a forward does not derive positions from the mask: padding would shift them
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        all_layers = needs_all_layers(self.pooling)
+        out = self.encoder(**kwargs, output_hidden_states=all_layers)
+        states = out.hidden_states if all_layers else (out.last_hidden_state,)
+        choices = [prompt_choice(self.seed, self.expert.name, q) for q in questions]
+        return pool_hidden_states(states, mask, self.pooling, choices).float().cpu()
+
+    def encode(self, questions: list[str]) -> torch.Tensor:
+        """One pooled state per question: float32 CPU tensor [B, d]."""
+        if not questions:
+            return torch.zeros(0, self.hidden_size)
+        chunks = [questions[i:i + self.batch_size] for i in range(0, len(questions), self.batch_size)]
+        states = torch.cat([self._encode_batch(chunk) for chunk in chunks])
+        self.num_forwards += len(questions)
+        return states
+
+    @torch.inference_mode()
+    def generate(self, questions: list[str], max_new_tokens: int) -> list[str]:
+        """A greedy hint per question: the decoded new tokens, at most `max_new_tokens` tokens of this
+        expert's tokenizer (the text-hints baseline)."""
+        if not questions:
+            return []
+        ids, mask = self.tokenize(questions, "left")  # generation appends on the right
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, ids.shape[1]:]
+        return [self._clip(self.tokenizer.decode(row, skip_special_tokens=True), max_new_tokens) for row in new]
+
+    def _clip(self, text: str, max_tokens: int) -> str:
+        """Decoding then re-encoding can grow (e.g. broken UTF-8 bytes): cut until it fits."""
+        for _ in range(4):
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= max_tokens:
+                return text
+            text = self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+        return ""
+
+    def benchmark(self, questions: list[str], repeats: int = 3) -> dict:
+        """Seconds per encode of `questions` as one batch (after a warm-up; not counted in
+        num_forwards, not cached) and each prompt's length in this expert's tokens."""
+        _, mask = self.tokenize(questions, self.padding_side)
+        self._encode_batch(questions)
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self._encode_batch(questions)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds.append(time.perf_counter() - start)
+        return {"seconds": seconds, "prompt_tokens": mask.sum(-1).tolist()}
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    def info(self) -> dict:
+        """What the expert is: name, architecture, size, tokenizer, load time."""
+        config = self.model.config.get_text_config()
+        return {
+            "name": self.expert.name,
+            "model": self.expert.model,
+            "architecture": f"{config.model_type} ({type(self.model).__name__})",
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "hidden_size": self.hidden_size,
+            "num_layers": getattr(config, "num_hidden_layers", None),
+            "vocab_size": len(self.tokenizer),
+            "chat_template": bool(self.tokenizer.chat_template),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "load_s": self.load_seconds,
+            "forwards": self.num_forwards,
+            "pid": os.getpid(),
+        }

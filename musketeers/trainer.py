@@ -1,0 +1,221 @@
+"""GRPO on TRL's GRPOTrainer, with the policy conditioned on expert context tokens.
+
+TRL runs the GRPO iteration (sampling groups, rewards, group-normalised advantages, the clipped
+objective with the KL term). We override only what the context tokens touch:
+
+  1. _generate_and_score_completions  experts -> adapter -> C (no grad) before TRL's step; store
+                                      the expert states so the loss pass can rebuild C with grad
+  2. _generate_single_turn            generate from [pads][C][prompt] (inputs_embeds)
+  3. _get_per_token_logps_and_entropies  every log-prob pass sees [pads][C][prompt][completion];
+                                      the reference pass (LoRA disabled) sees zeros where C sits
+  4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
+  5. create_optimizer                 the adapter is its own parameter group with router_lr
+  6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
+
+With method "single" every override falls through to TRL unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+import torch
+from safetensors.torch import load_file, save_file
+from trl import GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import pad
+
+from musketeers.conditioning import Conditioner
+from musketeers.context import insert_context, leading_pads
+
+ADAPTER_FILE = "context_adapter.safetensors"
+
+
+class MusketeersGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args, conditioner: Conditioner, router_lr: float, no_context_reward_every: int = 0, **kwargs):
+        self.conditioner, self.router_lr = conditioner, router_lr  # create_optimizer may run inside __init__
+        super().__init__(*args, **kwargs)
+        self.no_context_reward_every = no_context_reward_every
+        self._context: torch.Tensor | None = None  # C of the batch the next passes see
+        if conditioner.uses_context:
+            if self.use_vllm:
+                raise ValueError("context tokens are injected as embeddings; use_vllm is not supported with them")
+            # g_phi lives inside the policy module, so device moves and gradient clipping cover it
+            self.model.add_module("context_adapter", conditioner.adapter)
+            conditioner.adapter.to(self.accelerator.device)
+            if conditioner.encoder is not None:
+                conditioner.encoder.to(self.accelerator.device)
+        self._lora_layer = next((m for m in self.model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters")), None)
+        if conditioner.uses_context and ("ref" in getattr(self.model, "peft_config", {}) or self._lora_layer is None):
+            raise ValueError("pass the base policy with peft_config: the reference must be the policy with LoRA disabled")
+
+    # ------------------------------------------------------------------------- 1. experts -> C
+
+    def _generate_and_score_completions(self, inputs):
+        mode = "train" if self.model.training else "eval"
+        cond = self.conditioner.prepare([x["question"] for x in inputs], training=mode == "train")
+        if cond.prompts is not None:  # text hints rewrite the prompt
+            inputs = [{**x, "prompt": p} for x, p in zip(inputs, cond.prompts)]
+        self._timings = {"experts": self.conditioner.timings.get("experts", 0.0), "generation": 0.0, "logprobs": 0.0}
+        with self._context_as(cond.context):
+            output = super()._generate_and_score_completions(inputs)
+            if mode == "train" and self._no_context_reward_due():
+                self._metrics[mode]["reward_without_context"].append(self._reward_without_context(inputs))
+        output.update(cond.stored)
+        for key, value in {**cond.metrics, **self._pool_metrics()}.items():
+            self._metrics[mode][key].append(value)
+        for key, value in self._timings.items():
+            self._metrics[mode][f"time/{key}"].append(value)
+        return output
+
+    @contextmanager
+    def _context_as(self, context: torch.Tensor | None):
+        previous, self._context = self._context, context
+        try:
+            yield
+        finally:
+            self._context = previous
+
+    def _pool_metrics(self) -> dict[str, float]:
+        """Expert forwards and cache hits of this generation round (the pool counts since its start)."""
+        pool = self.conditioner.pool
+        if pool is None:
+            return {}
+        totals = {"experts/forwards": 0, "experts/cache_hits": 0}
+        for per_expert in pool.stats.values():
+            totals["experts/forwards"] += per_expert.get("forwards", 0)
+            totals["experts/cache_hits"] += per_expert.get("hits", 0)
+        previous = getattr(self, "_pool_totals", {k: 0 for k in totals})
+        self._pool_totals = totals
+        return {k: float(v - previous[k]) for k, v in totals.items()}
+
+    # ------------------------------------------------------------------------- 2. generation
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        start = time.perf_counter()
+        if self._context is None:
+            result = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        else:
+            result = self._generate_with_context(prompt_ids, self._context), None
+        self._add_time("generation", start)
+        return result
+
+    def _generate_with_context(self, prompt_ids: list[list[int]], context: torch.Tensor) -> list[list[int]]:
+        """Sample completions from [pads][C][prompt]; each ends at its first EOS (kept)."""
+        device = self.accelerator.device
+        ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left").to(device)
+        with (
+            unwrap_model_for_generation(self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as model,
+            torch.no_grad(),
+        ):
+            embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context.to(device), leading_pads(mask))
+            # generate derives positions from the mask; with inputs_embeds it returns only new tokens
+            completion_ids = model.generate(inputs_embeds=embeds, attention_mask=full_mask, generation_config=self.generation_config)
+        is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
+        lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion_ids.shape[1])
+        return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist())]
+
+    # ------------------------------------------------------------------------- 3. log-probs
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        start = time.perf_counter()
+        if self._context is None:
+            result = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **kwargs)
+        else:
+            result = self._logps_with_context(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy)
+        if not torch.is_grad_enabled():
+            self._add_time("logprobs", start)
+        return result
+
+    def _reference_pass(self) -> bool:
+        """TRL takes reference log-probs from the policy with its LoRA disabled."""
+        return self._lora_layer is not None and self._lora_layer.disable_adapters
+
+    def _logps_with_context(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
+        context = self._context
+        if context.shape[0] != input_ids.shape[0]:
+            raise RuntimeError(f"context has {context.shape[0]} rows, the log-prob batch {input_ids.shape[0]}")
+        if self._reference_pass():
+            context = torch.zeros_like(context)  # paper section 4.1: zero-valued C at the same positions
+        embed = self.accelerator.unwrap_model(model).get_input_embeddings()
+        num_pads = leading_pads(attention_mask[:, :-logits_to_keep])
+        batch_size = batch_size or input_ids.shape[0]
+        logps, entropies = [], []
+        for s in range(0, input_ids.shape[0], batch_size):
+            ids, mask = input_ids[s : s + batch_size], attention_mask[s : s + batch_size]
+            embeds, full_mask, positions = insert_context(embed(ids), mask, context[s : s + batch_size], num_pads[s : s + batch_size])
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            labels = torch.cat([labels.new_full((ids.shape[0], context.shape[1]), -100), labels], dim=1)
+            with self.accelerator.autocast():
+                out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, labels=labels, fused_lm_head=True)
+            logps.append(out.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(out.entropy[:, -logits_to_keep:])
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    def _add_time(self, key: str, start: float) -> None:
+        if hasattr(self, "_timings"):
+            self._timings[key] += time.perf_counter() - start
+
+    # ------------------------------------------------------------------------- 4. loss
+
+    def _compute_loss(self, model, inputs):
+        if not self.conditioner.uses_context:
+            return super()._compute_loss(model, inputs)
+        stored = {k: v for k, v in inputs.items() if k in ("router_input", "gumbel_noise", "selected_state") or k.startswith("expert_state_")}
+        with self._context_as(self.conditioner.context(stored, training=model.training)):
+            return super()._compute_loss(model, inputs)
+
+    # ------------------------------------------------------------------------- Figure 5 ablation
+
+    def _no_context_reward_due(self) -> bool:
+        k = self.no_context_reward_every
+        return k > 0 and self.conditioner.uses_context and self.state.global_step % k == 0
+
+    def _reward_without_context(self, inputs) -> float:
+        """Mean accuracy of completions sampled with zeros in place of C (logged, not trained on)."""
+        prompts = [x["prompt"] for x in inputs]
+        prompt_ids, _, _ = self._tokenize_prompts(prompts)
+        completion_ids = self._generate_with_context(prompt_ids, torch.zeros_like(self._context))
+        completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion")}
+        rewards = self.reward_funcs[0](prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+        return float(sum(rewards) / len(rewards))
+
+    # ------------------------------------------------------------------------- 5. optimizer
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            adapter = self.conditioner.adapter
+            adapter_ids = {id(p) for p in adapter.parameters()} if adapter is not None else set()
+            policy = [p for p in self.model.parameters() if p.requires_grad and id(p) not in adapter_ids]
+            groups = [{"params": policy, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay}]
+            if adapter is not None:
+                groups.append({"params": [p for p in adapter.parameters() if p.requires_grad],
+                               "lr": self.router_lr, "weight_decay": self.args.weight_decay})
+            self.optimizer = torch.optim.AdamW(groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
+        return self.optimizer
+
+    # ------------------------------------------------------------------------- 6. checkpoints
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.conditioner.adapter is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            self.save_adapter(folder)
+
+    def save_adapter(self, folder: str) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.conditioner.adapter.state_dict().items()}
+        save_file(state, os.path.join(folder, ADAPTER_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.conditioner.adapter is not None:
+            state = load_file(os.path.join(resume_from_checkpoint, ADAPTER_FILE), device=str(self.accelerator.device))
+            self.conditioner.adapter.load_state_dict(state)
