@@ -120,10 +120,14 @@ def grpo_config(cfg: RunConfig, run_dir: Path):
     )
 
 
-def new_run_dir(cfg: RunConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    team = "none" if cfg.method == "single" else cfg.team.name
-    run_dir = Path(cfg.output_dir) / f"{cfg.task.name}-{cfg.method}-{team}-seed{cfg.seed}-{stamp}"
+def new_run_dir(cfg: RunConfig, run_dir: Path | None = None) -> Path:
+    """A new run directory holding the resolved config: `run_dir` when given (a sweep's
+    deterministic name; it must not exist yet), else <output_dir>/<task>-<method>-<team>-seed<k>-<time>."""
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        team = "none" if cfg.method == "single" else cfg.team.name
+        run_dir = Path(cfg.output_dir) / f"{cfg.task.name}-{cfg.method}-{team}-seed{cfg.seed}-{stamp}"
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return run_dir
@@ -164,8 +168,8 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     (run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def train(cfg: RunConfig | None = None, resume: str | Path | None = None) -> Path:
-    """Run (or resume) a GRPO run; returns the run directory."""
+def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_dir: Path | None = None) -> Path:
+    """Run (or resume) a GRPO run; returns the run directory (`run_dir`: see new_run_dir)."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / CONFIG_FILE).is_file():
@@ -176,7 +180,7 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None) -> Pat
             raise ConfigError(f"--resume: {str(run_dir)!r} has no checkpoint-N folder to resume from")
         _truncate_metrics(run_dir, int(checkpoint.rsplit("-", 1)[1]))
     else:
-        run_dir, checkpoint = new_run_dir(cfg), None
+        run_dir, checkpoint = new_run_dir(cfg, run_dir), None
     print(f"run directory: {run_dir}", flush=True)
     trainer = build_trainer(cfg, run_dir)
     start = time.perf_counter()

@@ -34,11 +34,21 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
     return content if isinstance(content, str) else ""
 
 
+def reply_text(completion_text: str, prefill: str) -> str:
+    """The assistant's whole reply: prefill + completion. A prefill that opens the answer tag
+    ("<answer>") makes the reply the answer itself: if the completion never closes the tag, the
+    answer is read as ending where the completion ends."""
+    text = prefill + completion_text
+    if prefill.rstrip().endswith("<answer>") and "</answer>" not in completion_text:
+        text += "</answer>"
+    return text
+
+
 def score_completion(
     completion_text: str, answer: str, task: str, entry: str | dict | None, prefill: str = ""
 ) -> float:
     """Accuracy of one completion: GSM8K exact match if task == 'gsm8k', else Reasoning Gym score."""
-    text = prefill + completion_text
+    text = reply_text(completion_text, prefill)
     if task == GSM8K_TASK:
         return score_gsm8k(text, str(answer))  # str(): a gold stored as a number still works
     return score_reasoning_gym(text, entry)

@@ -1,0 +1,299 @@
+"""Run a grid of GRPO runs (tasks x methods x teams x seeds) from one YAML file; rerun it to resume.
+
+    python launch/sweep.py configs/sweeps/table1.yaml [--dry-run] [--gpus N]
+
+Sweep file (every key optional except tasks, methods and seeds):
+
+    output_dir: runs/table1              # runs go to <output_dir>/<task>-<method>-<team>-seed<k>
+    tasks: [arithmetic, gsm8k]           # names or paths, as `musketeers train` takes them
+    methods: [single, perceiver]
+    teams: [default]                     # `single` uses no team: it runs once, named ...-none-...
+    seeds: [0, 1, 2]
+    overrides: [training.save_steps=25]  # key=value for every run
+    task_overrides: {gsm8k: [task.path=data/gsm8k]}   # key=value for the runs of one task
+    vary: {adapter.num_queries: [2, 8]}  # more overrides, crossed; each adds -<key><value> to names
+    grid:                                # blocks crossed separately; a block's keys replace the
+      - {methods: [perceiver], teams: [generalist]}   # top-level ones (without grid: one block)
+    eval: {limit: null, batch_size: 16}  # evaluate each trained run (as `musketeers eval` does)
+
+Each run is a subprocess (a crash ends that run only; logs in <output_dir>/logs/<name>.log), pinned
+to one GPU with CUDA_VISIBLE_DEVICES, one run per GPU at a time; without GPUs, one run at a time.
+Rerunning the sweep skips finished runs (a DONE marker, or a complete final/), resumes runs killed
+after a checkpoint (`train(resume=...)`), restarts runs killed before their first checkpoint, and
+refuses to touch a run whose stored config.yaml differs from what the sweep file now resolves to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+
+from musketeers.config import load_resolved_config, load_run_config  # noqa: E402
+from musketeers.errors import MusketeersError  # noqa: E402
+
+DONE_FILE = "DONE"
+BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
+TOP_KEYS = (*BLOCK_KEYS, "output_dir", "grid", "eval")
+EVAL_KEYS = ("split", "limit", "batch_size")
+POLL_S = 2.0
+
+
+class SweepError(MusketeersError, ValueError):
+    """A bad sweep file or argument."""
+
+
+@dataclass
+class Job:
+    name: str
+    run_dir: Path
+    task: str
+    overrides: list[str]
+    config: dict = field(repr=False, default_factory=dict)  # the resolved config, to compare with a stored one
+
+
+# ----------------------------------------------------------------------------- sweep file -> jobs
+
+
+def _list(block: dict, key: str, source: str) -> list:
+    value = block.get(key, [] if key in ("overrides",) else None)
+    if not isinstance(value, list) or (key != "overrides" and not value):
+        raise SweepError(f"{source}: {key}: expected a non-empty list, got {value!r}")
+    return value
+
+
+def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise SweepError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(allowed)}")
+
+
+def read_sweep(path: Path) -> dict:
+    """The sweep file as a mapping, its keys checked."""
+    if not path.is_file():
+        raise SweepError(f"sweep file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SweepError(f"{path}: expected a mapping at the top level")
+    _check_keys(data, TOP_KEYS, str(path))
+    for i, block in enumerate(data.get("grid") or []):
+        _check_keys(block, BLOCK_KEYS, f"{path}: grid[{i}]")
+    _check_keys(data.get("eval") or {}, EVAL_KEYS, f"{path}: eval")
+    return data
+
+
+def _block_jobs(block: dict, out: Path, source: str) -> list[Job]:
+    vary = block.get("vary") or {}
+    variants = [list(zip(vary, values)) for values in itertools.product(*vary.values())] if vary else [[]]
+    jobs = []
+    for task, method, team, seed, variant in itertools.product(
+            _list(block, "tasks", source), _list(block, "methods", source), _list(block, "teams", source),
+            _list(block, "seeds", source), variants):
+        overrides = [*_list(block, "overrides", source), *(block.get("task_overrides") or {}).get(task, []),
+                     f"method={method}", f"team={team}", f"seed={seed}", f"output_dir={out}",
+                     *(f"{k}={json.dumps(v)}" for k, v in variant)]
+        cfg = load_run_config(str(task), overrides)
+        suffix = "".join(f"-{k.split('.')[-1]}{v}" for k, v in variant)
+        name = f"{cfg.task.name}-{cfg.method}-{'none' if cfg.method == 'single' else cfg.team.name}-seed{cfg.seed}{suffix}"
+        jobs.append(Job(name, out / name, str(task), overrides, cfg.to_dict()))
+    return jobs
+
+
+def plan(sweep: dict, source: str) -> list[Job]:
+    """Every run of the sweep, once each (`single` runs once whatever the teams), configs validated."""
+    out = Path(sweep.get("output_dir", "runs/sweep"))
+    top = {k: v for k, v in sweep.items() if k in BLOCK_KEYS}
+    blocks = [{**top, **b} for b in sweep.get("grid") or [{}]]
+    jobs = {}
+    for i, block in enumerate(blocks):
+        for job in _block_jobs(block, out, f"{source}: grid[{i}]" if sweep.get("grid") else source):
+            jobs.setdefault(job.name, job)
+    return list(jobs.values())
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Training ended: the DONE marker, or final/ with the LoRA (and the adapter, if the method has one)."""
+    from musketeers.evaluate import is_checkpoint
+
+    if (run_dir / DONE_FILE).is_file():
+        return True
+    final = run_dir / "final"
+    if not is_checkpoint(final) or not (run_dir / "config.yaml").is_file():
+        return False
+    method = load_resolved_config(run_dir / "config.yaml").method
+    return method in ("single", "text_hints") or (final / "context_adapter.safetensors").is_file()
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any(p.name.split("-")[-1].isdigit() for p in run_dir.glob("checkpoint-*"))
+
+
+def eval_done(run_dir: Path, eval_opts: dict | None) -> bool:
+    if eval_opts is None:
+        return True
+    from musketeers.evaluate import default_split, latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir)
+    split = eval_opts.get("split") or default_split(load_resolved_config(run_dir / "config.yaml"))
+    return checkpoint is not None and (checkpoint / f"eval-{split}.json").is_file()
+
+
+def state(job: Job, eval_opts: dict | None) -> str:
+    """new | finished | evaluate | resume | restart | conflict."""
+    d = job.run_dir
+    if not d.exists():
+        return "new"
+    if (d / "config.yaml").is_file():
+        stored = load_resolved_config(d / "config.yaml").to_dict()
+        if stored != job.config:
+            return "conflict"
+    if is_finished(d):
+        return "finished" if eval_done(d, eval_opts) else "evaluate"
+    return "resume" if has_checkpoint(d) else "restart"
+
+
+# ----------------------------------------------------------------------------- one run (the child process)
+
+
+def run_child(run_dir: Path, task: str, overrides: list[str], eval_opts: dict | None) -> None:
+    """Train (fresh, resumed or restarted) unless finished, mark it DONE, then evaluate if asked."""
+    from musketeers.train import read_metrics, train
+
+    if not is_finished(run_dir):
+        if has_checkpoint(run_dir):
+            train(resume=run_dir)
+        else:
+            if run_dir.exists():  # killed before its first checkpoint: nothing to resume
+                shutil.rmtree(run_dir)
+            train(load_run_config(task, overrides), run_dir=run_dir)
+        rows = read_metrics(run_dir)
+        (run_dir / DONE_FILE).write_text(json.dumps({"steps": rows[-1]["step"] if rows else 0, "time": time.time()}) + "\n")
+    if not eval_done(run_dir, eval_opts):
+        from musketeers.evaluate import evaluate, format_result
+
+        result = evaluate(run_dir, split=eval_opts.get("split"), limit=eval_opts.get("limit"),
+                          batch_size=eval_opts.get("batch_size") or 16, progress=False)
+        print(format_result(result), flush=True)
+
+
+def child_command(job: Job, eval_opts: dict | None) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", str(job.run_dir), job.task,
+            "--eval", json.dumps(eval_opts), "--", *job.overrides]
+
+
+def launch(job: Job, gpu: str | None, eval_opts: dict | None):
+    """Start a run's child process (logs appended to <output_dir>/logs/<name>.log)."""
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log = job.run_dir.parent / "logs" / f"{job.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} gpu={gpu} {' '.join(child_command(job, eval_opts))}\n")
+        f.flush()
+        return subprocess.Popen(child_command(job, eval_opts), env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def gpu_slots(requested: int | None) -> list[str | None]:
+    """One slot per GPU (its id for CUDA_VISIBLE_DEVICES), or one CPU slot [None]."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [g for g in visible.split(",") if g.strip()]
+    else:
+        import torch
+
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    if requested is not None:
+        ids = ids[:requested]
+    return ids or [None]
+
+
+def run_jobs(jobs: list[Job], slots: list[str | None], eval_opts: dict | None, start=launch) -> dict[str, int]:
+    """Run jobs, one per slot at a time; returns each job's exit code."""
+    pending, running, codes = deque(jobs), {}, {}
+    begun = {}
+    while pending or running:
+        for slot in slots:
+            if slot not in running and pending:
+                job = pending.popleft()
+                print(f"[sweep] start {job.name}" + (f" on GPU {slot}" if slot is not None else ""), flush=True)
+                running[slot], begun[job.name] = (job, start(job, slot, eval_opts)), time.perf_counter()
+        for slot, (job, proc) in list(running.items()):
+            if proc.poll() is not None:
+                codes[job.name] = proc.returncode
+                del running[slot]
+                print(f"[sweep] {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'} {job.name} "
+                      f"in {time.perf_counter() - begun[job.name]:.0f} s", flush=True)
+        if running:
+            time.sleep(POLL_S)
+    return codes
+
+
+def sweep(path: Path, dry_run: bool = False, gpus: int | None = None, start=launch) -> dict[str, str]:
+    """Plan, print and run a sweep; returns each run's outcome."""
+    data = read_sweep(path)
+    eval_opts = data.get("eval")
+    jobs = plan(data, str(path))
+    states = {job.name: state(job, eval_opts) for job in jobs}
+    for job in jobs:
+        print(f"[sweep] {states[job.name]:>9}  {job.run_dir}")
+    todo = [j for j in jobs if states[j.name] not in ("finished", "conflict")]
+    conflicts = [j.name for j in jobs if states[j.name] == "conflict"]
+    if conflicts:
+        print(f"[sweep] not touched (config.yaml differs from the sweep file; move or delete them): {', '.join(conflicts)}")
+    if dry_run:
+        return states
+    out = Path(data.get("output_dir", "runs/sweep"))
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, out / "sweep.yaml")
+    start_time = time.perf_counter()
+    codes = run_jobs(todo, gpu_slots(gpus), eval_opts, start)
+    outcome = {**states, **{name: "ok" if rc == 0 else f"failed (exit {rc})" for name, rc in codes.items()}}
+    print(f"[sweep] {len(todo)} run(s) in {time.perf_counter() - start_time:.0f} s; skipped {len(jobs) - len(todo)}; "
+          f"failed {sum(rc != 0 for rc in codes.values())}", flush=True)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sweep", nargs="?", type=Path, help="a sweep YAML (configs/sweeps/)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and what would happen to each, run nothing")
+    p.add_argument("--gpus", type=int, help="use at most N GPUs (default: all visible)")
+    p.add_argument("--child", nargs=2, metavar=("RUN_DIR", "TASK"), help=argparse.SUPPRESS)
+    p.add_argument("--eval", default="null", help=argparse.SUPPRESS)
+    args, overrides = p.parse_known_args(argv)
+    overrides = [o for o in overrides if o != "--"]
+    try:
+        if args.child:
+            run_child(Path(args.child[0]), args.child[1], overrides, json.loads(args.eval))
+            return
+        if args.sweep is None or overrides:
+            p.error("give one sweep file (and no overrides: put them in the file)")
+        outcome = sweep(args.sweep, args.dry_run, args.gpus)
+    except MusketeersError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if any(v.startswith("failed") for v in outcome.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""`musketeers eval`: greedy held-out accuracy of a trained (or untrained) policy, for every method.
+
+    musketeers eval runs/<run>                  # final/ (or the last checkpoint-N) of a run
+    musketeers eval runs/<run>/checkpoint-200   # one checkpoint
+    musketeers eval runs/<run> --baseline       # the untrained policy, evaluated the same way
+
+The run's own config.yaml says how to rebuild everything: the policy (base model + the LoRA of the
+checkpoint), the experts (started as the team file says), the adapter g_phi (weights from the
+checkpoint's context_adapter.safetensors), the prompt (musketeers.data.build_prompt) and the
+completion budget (training.max_completion_length). Decoding is greedy and batched; each completion
+is scored with rewards.score_completion (assistant prefill honoured), and accuracy is the mean score
+(Reasoning Gym gives partial credit on a few datasets), overall and per source dataset.
+
+--baseline: the base policy without LoRA and, for context methods, an adapter freshly initialised
+with the run's seed in the same order as `train()` builds it, i.e. exactly the g_phi the run started
+from. Its output projection starts near zero, so the untrained policy sees the near-zero C it saw at
+step one: the baseline measures the policy before any training, with the token layout unchanged.
+
+Splits: GSM8K evaluates on its official test split, Reasoning Gym families on the held-out
+validation items (the defaults). The result goes, as JSON written atomically, next to the
+checkpoint: <checkpoint>/eval-<split>.json, or <run>/eval-<split>-baseline.json for --baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from musketeers.config import RunConfig, load_resolved_config
+from musketeers.context import insert_context, leading_pads
+from musketeers.errors import MusketeersError
+
+CONFIG_FILE = "config.yaml"
+DEFAULT_BATCH_SIZE = 16
+
+
+class EvalError(MusketeersError, ValueError):
+    """A bad `musketeers eval` input: a path that is not a run or checkpoint, a bad option."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A folder holding a saved LoRA adapter (final/ or checkpoint-N/)."""
+    return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """final/ when the run finished, else its highest checkpoint-N, else None."""
+    if is_checkpoint(run_dir / "final"):
+        return run_dir / "final"
+    steps = [(int(p.name.split("-")[1]), p) for p in run_dir.glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and is_checkpoint(p)]
+    return max(steps)[1] if steps else None
+
+
+def resolve_target(path: str | Path, baseline: bool = False) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint dir) for a run dir or a checkpoint dir; the checkpoint is None only for
+    a --baseline of a run without one."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is None and not baseline:
+            raise EvalError(f"{str(path)!r} has no final/ or checkpoint-N folder yet; --baseline evaluates the untrained policy")
+        return path, checkpoint
+    if is_checkpoint(path) and (path.parent / CONFIG_FILE).is_file():
+        return path.parent, path
+    raise EvalError(f"{str(path)!r} is neither a run directory (with {CONFIG_FILE}) nor a checkpoint folder inside one")
+
+
+def default_split(cfg: RunConfig) -> str:
+    """GSM8K: the official test split; Reasoning Gym: the held-out validation items."""
+    return "test" if cfg.task.source == "gsm8k" else "validation"
+
+
+def result_path(run_dir: Path, checkpoint: Path | None, split: str, baseline: bool) -> Path:
+    if baseline:
+        return run_dir / f"eval-{split}-baseline.json"
+    return checkpoint / f"eval-{split}.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename: never a half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(data, f, indent=1)
+    os.replace(f.name, path)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every EOS id the model declares plus the tokenizer's, as TRL's GRPOTrainer collects them."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
+
+
+def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
+    """Each row up to and including its first EOS."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
+    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion_ids.shape[1])
+    return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist())]
+
+
+@torch.no_grad()
+def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None,
+                          eos_ids: list[int], **generate_kwargs) -> list[list[int]]:
+    """New tokens generated from [pads][C][prompt] (left-padded ids/mask [B, P], context [B, m, D];
+    None: the plain prompt), each row cut after its first EOS. With inputs_embeds, generate derives
+    positions from the mask and returns only the new tokens."""
+    if context is None:
+        out = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, ids.shape[1]:]
+    else:
+        embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context.to(ids.device), leading_pads(mask))
+        out = model.generate(inputs_embeds=embeds, attention_mask=full_mask, **generate_kwargs)
+    return cut_at_eos(out, eos_ids)
+
+
+def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tensor | None, max_new_tokens: int) -> list[str]:
+    """Greedy completions (decoded, special tokens dropped, as TRL decodes them) of prompt strings,
+    tokenized as TRL tokenizes them."""
+    from transformers import GenerationConfig
+    from trl.trainer.utils import pad
+
+    device = model.get_input_embeddings().weight.device
+    prompt_ids = tokenizer(text=prompts)["input_ids"]
+    ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=tokenizer.pad_token_id, padding_side="left").to(device)
+    mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left").to(device)
+    eos = eos_token_ids(model, tokenizer)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=eos, bos_token_id=tokenizer.bos_token_id)
+    completion_ids = generate_with_context(model, ids, mask, context, eos, generation_config=config)
+    return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- the evaluated system
+
+
+class Evaluator:
+    """Policy, tokenizer and conditioner of a run, rebuilt for evaluation (call close() after)."""
+
+    def __init__(self, cfg: RunConfig, checkpoint: Path | None, baseline: bool = False):
+        from transformers import set_seed
+
+        from musketeers.train import build_conditioner, build_policy
+
+        self.cfg = cfg
+        set_seed(cfg.seed)  # same order as train(): the adapter gets the run's initial weights
+        policy, self.tokenizer, _ = build_policy(cfg)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.conditioner = build_conditioner(cfg, policy, self.tokenizer)
+        if not baseline:
+            policy = self._load_trained(policy, checkpoint)
+        self.model = policy.eval()
+        self._to_device()
+
+    def _load_trained(self, policy, checkpoint: Path):
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        from musketeers.trainer import ADAPTER_FILE
+
+        policy = PeftModel.from_pretrained(policy, str(checkpoint))
+        adapter = self.conditioner.adapter
+        if adapter is not None:
+            path = checkpoint / ADAPTER_FILE
+            if not path.is_file():
+                raise EvalError(f"{str(checkpoint)!r} has no {ADAPTER_FILE} for method {self.cfg.method!r}")
+            adapter.load_state_dict(load_file(str(path)))
+        return policy
+
+    def _to_device(self) -> None:
+        device = self.model.get_input_embeddings().weight.device
+        for module in (self.conditioner.adapter, self.conditioner.encoder):
+            if module is not None:
+                module.to(device).eval()
+
+    def complete(self, questions: list[str]) -> list[str]:
+        """Greedy completions of the policy for a batch of questions, conditioned as in training."""
+        from musketeers.data import build_prompt
+
+        cond = self.conditioner.prepare(questions, training=False)
+        prompts = cond.prompts or [build_prompt(q, self.tokenizer, self.cfg.task) for q in questions]
+        return greedy_completions(self.model, self.tokenizer, prompts, cond.context, self.cfg.training.max_completion_length)
+
+    def close(self) -> None:
+        if self.conditioner.pool is not None:
+            self.conditioner.pool.shutdown()
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_rows(rows: list[dict[str, Any]], completions: list[str], prefill: str) -> list[float]:
+    from rewards import score_completion
+
+    return [score_completion(c, r["answer"], r["task"], r["entry"], prefill=prefill) for r, c in zip(rows, completions, strict=True)]
+
+
+def accuracy_summary(datasets: list[str], scores: list[float]) -> dict[str, Any]:
+    """Mean score overall and per source dataset."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for name, score in zip(datasets, scores, strict=True):
+        groups[name].append(score)
+    per = {name: {"n": len(s), "accuracy": sum(s) / len(s)} for name, s in sorted(groups.items())}
+    return {"n": len(scores), "accuracy": sum(scores) / len(scores) if scores else float("nan"), "per_dataset": per}
+
+
+def evaluate(path: str | Path, split: str | None = None, limit: int | None = None,
+             batch_size: int = DEFAULT_BATCH_SIZE, baseline: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a run or checkpoint; writes and returns the result (see the module docstring)."""
+    from tqdm import tqdm
+
+    from musketeers.data import load_split
+
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise EvalError(f"--batch-size and --limit must be at least 1, got {batch_size} and {limit}")
+    run_dir, checkpoint = resolve_target(path, baseline)
+    cfg = load_resolved_config(run_dir / CONFIG_FILE)
+    split = split or default_split(cfg)
+    all_rows = load_split(cfg.task, split)
+    n = len(all_rows) if limit is None else min(limit, len(all_rows))
+    start = time.perf_counter()
+    evaluator = Evaluator(cfg, checkpoint, baseline)
+    rows, completions = [], []
+    try:
+        with tqdm(total=n, desc=f"eval {split}", unit="item", disable=not progress) as bar:
+            for s in range(0, n, batch_size):
+                batch = [all_rows[k] for k in range(s, min(s + batch_size, n))]
+                completions += evaluator.complete([r["question"] for r in batch])
+                rows += batch
+                bar.update(len(batch))
+    finally:
+        evaluator.close()
+    scores = score_rows(rows, completions, cfg.task.assistant_prefill)
+    result = {
+        "run_dir": str(run_dir), "checkpoint": None if baseline else str(checkpoint), "baseline": baseline,
+        "task": cfg.task.name, "method": cfg.method, "team": cfg.team.name, "seed": cfg.seed,
+        "split": split, "limit": limit, "split_size": len(all_rows), "decoding": "greedy",
+        "max_completion_length": cfg.training.max_completion_length, "seconds": round(time.perf_counter() - start, 2),
+        **accuracy_summary([r["task"] for r in rows], scores),
+        "items": [{"index": k, "dataset": r["task"], "score": sc, "completion": c}
+                  for k, (r, sc, c) in enumerate(zip(rows, scores, completions))],
+    }
+    result["path"] = str(result_path(run_dir, checkpoint, split, baseline))
+    write_json_atomic(Path(result["path"]), result)
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A markdown table of accuracy per dataset and overall."""
+    what = "untrained baseline" if result["baseline"] else result["checkpoint"]
+    head = (f"eval of {what}: method {result['method']}, task {result['task']}, split {result['split']} "
+            f"({result['n']} of {result['split_size']} items), greedy, {result['max_completion_length']} tokens")
+    lines = [head, "", "| dataset | n | accuracy |", "| --- | ---: | ---: |"]
+    for name, d in result["per_dataset"].items():
+        lines.append(f"| {name} | {d['n']} | {100 * d['accuracy']:.2f}% |")
+    lines.append(f"| **all** | {result['n']} | {100 * result['accuracy']:.2f}% |")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    result = evaluate(args.path, split=args.split, limit=args.limit, batch_size=args.batch_size, baseline=args.baseline)
+    print(format_result(result))
+    print(f"wrote {result['path']}")
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `musketeers eval`."""
+    p = subparsers.add_parser("eval", help="greedy held-out accuracy of a run or checkpoint (overall and per dataset)")
+    p.add_argument("path", help="a run directory (evaluates final/, else its last checkpoint-N) or a checkpoint folder")
+    p.add_argument("--split", choices=["validation", "test"],
+                   help="default: test for gsm8k (the official test split), validation for Reasoning Gym families")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"prompts per batch (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--baseline", action="store_true",
+                   help="the untrained policy (no LoRA) with the run's initial adapter, evaluated the same way")
+    p.set_defaults(func=cmd_eval)
+    return p
