@@ -224,9 +224,10 @@ def rho_summary(runs: list[Run]) -> str:
     rhos = [r.rho() for r in runs]
     finite = [x for x in rhos if not math.isnan(x)]
     if not finite:
-        return "Spearman rho(reward, routing entropy): no run has at least 3 steps with routing entropy (perceiver runs log it)."
-    return (f"Mean Spearman rho(reward, routing entropy) over {len(finite)} run(s): {np.mean(finite):.3f} "
-            f"(paper: -0.48); runs without a value: {len(rhos) - len(finite)}.")
+        return ("Spearman rho(reward, routing entropy): no run has one (it needs 3+ steps with routing entropy, "
+                "which perceiver runs log, and a reward and an entropy that are not constant).")
+    return (f"Mean Spearman rho(reward, routing entropy) over {len(finite)} run(s): {np.mean(finite):.3f} (paper: -0.48); "
+            f"{len(rhos) - len(finite)} run(s) have none (no routing entropy, fewer than 3 steps, or a constant series).")
 
 
 def _eval_notes(runs: list[Run]) -> list[str]:
@@ -432,6 +433,8 @@ def plot_queries(task: str, groups: list[Group], path: Path) -> str | None:
         ax.errorbar([m for m, _ in points], [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
                     marker="o", capsize=3, label=f"perceiver ({team})")
     ax.set_xscale("log", base=2)
+    ms = sorted({m for points in by_team.values() for m, _ in points})
+    ax.set_xticks(ms, [str(m) for m in ms])
     ax.set_xlabel("latent queries m")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)

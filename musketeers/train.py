@@ -20,7 +20,7 @@ import yaml
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from musketeers.adapters import build_adapter
+from musketeers.adapters import build_adapter, count_trainable
 from musketeers.conditioning import Conditioner, SentenceEncoder
 from musketeers.config import ConfigError, RunConfig, load_resolved_config
 from musketeers.data import build_prompt, load_split
@@ -148,13 +148,23 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     args.reward_weights = weights
     callbacks = [MetricsLogger(run_dir / METRICS_FILE, conditioner.names),
                  TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
-    return MusketeersGRPOTrainer(
+    trainer = MusketeersGRPOTrainer(
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
         callbacks=callbacks,
         train_dataset=prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task),
         conditioner=conditioner, router_lr=cfg.training.router_lr,
         no_context_reward_every=cfg.training.no_context_reward_every,
     )
+    print(f"method {cfg.method}: trainable parameters {trainable_parameters(trainer)}", flush=True)
+    return trainer
+
+
+def trainable_parameters(trainer) -> dict[str, int]:
+    """LoRA parameters of the policy and parameters of the adapter g_phi (0 for text_hints, single)."""
+    adapter = trainer.conditioner.adapter
+    adapter_ids = {id(p) for p in adapter.parameters()} if adapter is not None else set()
+    lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad and id(p) not in adapter_ids)
+    return {"lora": lora, "adapter": count_trainable(adapter) if adapter is not None else 0}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -318,3 +318,13 @@ def test_rewards_never_raise(row_name, completion, prefill):
     for reward in functions:
         (value,) = call(reward, [completion], row["answer"], row["task"], row["entry"])
         assert isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def test_prefilled_answer_tag_makes_the_reply_the_answer():
+    from rewards.functions import reply_text
+
+    assert reply_text("7", "<answer>") == "<answer>7</answer>"
+    assert reply_text("7</answer> done", "<answer>") == "<answer>7</answer> done"
+    assert reply_text("7", "") == "7" and reply_text("7", "Sure: ") == "Sure: 7"
+    row = {"answer": "10", "task": "gsm8k", "entry": ""}
+    assert score_completion("10", row["answer"], "gsm8k", "", prefill="<answer>") == 1.0

@@ -193,3 +193,24 @@ def test_every_method_trains_two_steps(tmp_path, dense_reward, method):
         assert abs(sum(freqs) - 1) < 1e-6
     if method == "single":
         assert "time/experts" in rows[0] and not any(k.startswith("routing/") for k in rows[0])
+
+
+def test_reward_without_context_is_logged_every_k_steps(tmp_path, dense_reward):
+    run_dir = train(tiny_config(tmp_path, "training.no_context_reward_every=2", "training.max_steps=3"))
+    rows = read_metrics(run_dir)
+    assert ["reward_without_context" in r for r in rows] == [True, False, True]  # global steps 0 and 2
+    assert all(0.0 <= r["reward_without_context"] <= 1.0 for r in rows if "reward_without_context" in r)
+
+
+def test_train_cli_errors(tmp_path, capsys):
+    from musketeers.cli import main
+
+    for argv, message in [
+        (["train", "--resume", str(tmp_path)], f"--resume: '{tmp_path}' is not a run directory (no config.yaml)"),
+        (["train", "logic", "--resume", str(tmp_path)], "--resume continues a run with its own config: give no task or overrides with it"),
+        (["train", "logic", "method=nope"], "command line: method: 'nope' is not valid; valid: perceiver, ffn, hard_routing, text_hints, single"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and capsys.readouterr().err.strip() == f"musketeers: error: {message}"
+    assert not any(tmp_path.iterdir())  # nothing written for a bad input

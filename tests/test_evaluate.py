@@ -1,0 +1,159 @@
+"""`musketeers eval`: accuracy on known answers, every method end to end, the baseline, generation layout."""
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from musketeers import evaluate as ev
+from musketeers.config import load_run_config
+from musketeers.data import load_split
+from rewards import reference_completion
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TASK = str(FIXTURES / "task_tiny.yaml")
+TWO_DATASETS = ('task.datasets=[{name: chain_sum, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}},'
+                ' {name: basic_arithmetic, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}]')
+
+
+def fake_run(tmp_path: Path, task: str, *overrides: str) -> Path:
+    """A run directory with a resolved config and an (empty) final/ checkpoint."""
+    cfg = load_run_config(task, [f"output_dir={tmp_path}", *overrides])
+    run_dir = tmp_path / "run"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (run_dir / "final" / name).write_text("{}")
+    return run_dir
+
+
+class OracleEvaluator:
+    """Stands in for the model: the gold answer for even-numbered items, garbage for odd ones
+    (items arrive in split order; small problem spaces repeat questions, so count, not look up)."""
+
+    def __init__(self, cfg, checkpoint, baseline=False):
+        self.cfg, self.seen = cfg, 0
+        self.rows = load_split(cfg.task, "test" if cfg.task.source == "gsm8k" else "validation")
+
+    def complete(self, questions):
+        out = []
+        for q in questions:
+            k, self.seen = self.seen, self.seen + 1
+            row = self.rows[k]
+            assert row["question"] == q
+            out.append(reference_completion(row, self.cfg.task.assistant_prefill) if k % 2 == 0 else "<answer>garbage</answer>")
+        return out
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    monkeypatch.setattr(ev, "Evaluator", OracleEvaluator)
+
+
+def test_accuracy_on_known_answers_overall_and_per_dataset(tmp_path, oracle):
+    run_dir = fake_run(tmp_path, TASK, TWO_DATASETS)
+    result = ev.evaluate(run_dir, limit=7, batch_size=3, progress=False)
+    assert result["split"] == "validation" and result["n"] == 7
+    assert result["accuracy"] == pytest.approx(4 / 7)  # items 0, 2, 4, 6
+    rows = load_split(load_run_config(TASK, [TWO_DATASETS]).task, "validation")
+    for name, d in result["per_dataset"].items():
+        mine = [k for k in range(7) if rows[k]["task"] == name]
+        assert d["n"] == len(mine) and d["accuracy"] == pytest.approx(sum(k % 2 == 0 for k in mine) / len(mine))
+    assert set(result["per_dataset"]) == {"chain_sum", "basic_arithmetic"}
+    written = json.loads((run_dir / "final" / "eval-validation.json").read_text())
+    assert written["accuracy"] == result["accuracy"] and [i["score"] for i in written["items"]] == [1.0, 0.0] * 3 + [1.0]
+    assert not list((run_dir / "final").glob("*.tmp"))
+
+
+def test_gsm8k_evaluates_the_official_test_split(tmp_path, oracle, gsm8k_dir):
+    run_dir = fake_run(tmp_path, "gsm8k", f"task.path={gsm8k_dir}")
+    result = ev.evaluate(run_dir, limit=5, progress=False)
+    assert result["split"] == "test" and result["split_size"] == 1319
+    assert result["accuracy"] == pytest.approx(3 / 5) and result["per_dataset"]["gsm8k"]["n"] == 5
+
+
+def test_baseline_writes_beside_the_run_and_bad_paths_fail_in_one_line(tmp_path, oracle):
+    run_dir = fake_run(tmp_path, TASK)
+    result = ev.evaluate(run_dir / "final", limit=2, baseline=True, progress=False)
+    assert Path(result["path"]) == run_dir / "eval-validation-baseline.json" and result["checkpoint"] is None
+    with pytest.raises(ev.EvalError, match="neither a run directory"):
+        ev.evaluate(tmp_path, progress=False)
+    (run_dir / "final" / "adapter_model.safetensors").unlink()
+    with pytest.raises(ev.EvalError, match="--baseline"):
+        ev.evaluate(run_dir, progress=False)
+    with pytest.raises(ev.EvalError, match="at least 1"):
+        ev.evaluate(run_dir, limit=0, baseline=True, progress=False)
+
+
+def test_cli_parser_prints_the_table(tmp_path, oracle, capsys):
+    run_dir = fake_run(tmp_path, TASK)
+    parser = argparse.ArgumentParser()
+    ev.add_eval_parser(parser.add_subparsers())
+    args = parser.parse_args(["eval", str(run_dir), "--limit", "4", "--batch-size", "2"])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "| **all** | 4 | 50.00% |" in out and "eval-validation.json" in out
+
+
+# ----------------------------------------------------------------------------- real models
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny trained run per method (1 step each)."""
+    from musketeers.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for method in ("perceiver", "ffn", "hard_routing", "text_hints", "single"):
+        cfg = load_run_config(TASK, [f"output_dir={root}", f"method={method}", "training.max_steps=1",
+                                     "training.gradient_accumulation_steps=1", "adapter.hint_max_tokens=4"])
+        runs[method] = train(cfg)
+    return runs
+
+
+@pytest.mark.parametrize("method", ["perceiver", "ffn", "hard_routing", "text_hints", "single"])
+def test_every_method_evaluates(trained, method):
+    result = ev.evaluate(trained[method], limit=3, batch_size=2, progress=False)
+    assert result["n"] == 3 and result["method"] == method and 0.0 <= result["accuracy"] <= 1.0
+    assert Path(result["path"]) == trained[method] / "final" / "eval-validation.json"
+    assert all(len(item["completion"]) > 0 for item in result["items"])
+
+
+def test_trained_adapter_and_lora_are_loaded_and_baseline_uses_the_initial_adapter(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from musketeers.config import load_resolved_config
+    from musketeers.train import build_trainer
+
+    run_dir = trained["perceiver"]
+    cfg = load_resolved_config(run_dir / "config.yaml")
+    evaluator = ev.Evaluator(cfg, run_dir / "final")
+    saved = load_file(str(run_dir / "final" / "context_adapter.safetensors"))
+    assert all(torch.equal(v, saved[k]) for k, v in evaluator.conditioner.adapter.state_dict().items())
+    assert any("lora_" in n for n, _ in evaluator.model.named_parameters())
+
+    baseline = ev.Evaluator(cfg, None, baseline=True)
+    initial = build_trainer(cfg, tmp_path).conditioner.adapter.state_dict()  # the run's g_phi before step 1
+    assert all(torch.equal(v, initial[k]) for k, v in baseline.conditioner.adapter.state_dict().items())
+    assert not any("lora_" in n for n, _ in baseline.model.named_parameters())
+
+
+def test_greedy_generation_with_context_matches_the_trainers(tmp_path):
+    """The eval helper and the trainer's generation place C identically: same greedy tokens."""
+    from musketeers.train import build_trainer
+
+    trainer = build_trainer(load_run_config(TASK, [f"output_dir={tmp_path}"]), tmp_path)
+    trainer.generation_config.do_sample = False
+    prompts = ["User: 1 + 2 = ?\nAssistant: ", "User: a much longer question about 7 - 3 = ?\nAssistant: "]
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    context = torch.randn(2, 4, trainer.model.get_input_embeddings().weight.shape[1])
+    expected = trainer._generate_with_context(prompt_ids, context)
+    tokenizer = trainer.processing_class
+    got = ev.greedy_completions(trainer.model, tokenizer, prompts, context, trainer.generation_config.max_new_tokens)
+    assert got == tokenizer.batch_decode(expected, skip_special_tokens=True)
