@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -192,7 +193,12 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_di
     else:
         run_dir, checkpoint = new_run_dir(cfg, run_dir), None
     print(f"run directory: {run_dir}", flush=True)
-    trainer = build_trainer(cfg, run_dir)
+    try:
+        trainer = build_trainer(cfg, run_dir)
+    except BaseException:
+        if checkpoint is None:  # a new run that never started leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=checkpoint)

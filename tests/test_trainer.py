@@ -214,3 +214,11 @@ def test_train_cli_errors(tmp_path, capsys):
             main(argv)
         assert info.value.code == 2 and capsys.readouterr().err.strip() == f"musketeers: error: {message}"
     assert not any(tmp_path.iterdir())  # nothing written for a bad input
+
+
+def test_a_run_that_cannot_start_leaves_no_run_directory(tmp_path):
+    from musketeers.errors import MusketeersError
+
+    with pytest.raises(MusketeersError, match="cannot load model 'someone/not-cached'"):
+        train(tiny_config(tmp_path, "policy.model=someone/not-cached"))
+    assert list(tmp_path.iterdir()) == []
