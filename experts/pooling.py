@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-POOLINGS = ("last_token", "first_token", "random_token", "first_layer", "random_layer")
+from musketeers.config import POOLINGS  # the one list of poolings
 
 
 def prompt_choice(seed: int, expert: str, question: str) -> int:

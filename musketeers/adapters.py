@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-METHODS = ("perceiver", "ffn", "hard_routing", "text_hints", "single")
+from musketeers.config import METHODS  # the one list of methods
 
 # W_out ~ N(0, std^2). C' is tanh-bounded (|C'| <= 1), so |C| <= ~4 * sqrt(d) * std over all
 # entries even with saturated C': 4 * sqrt(512) * 1e-6 ~ 1e-4, far below 1e-3 x an embedding row

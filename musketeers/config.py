@@ -80,7 +80,7 @@ class ExpertConfig:
 class TeamConfig:
     name: str = ""
     backend: Literal["ray", "local"] = "ray"
-    pooling: Literal["last_token", "first_token", "random_token", "first_layer", "random_layer"] = "last_token"
+    pooling: Literal[POOLINGS] = "last_token"
     experts: list[ExpertConfig] = field(default_factory=list)
     cache_dir: str | None = None  # on-disk cache of pooled states; None = in memory only
 
@@ -141,7 +141,7 @@ class RewardConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    method: Literal["perceiver", "ffn", "hard_routing", "text_hints", "single"] = "perceiver"
+    method: Literal[METHODS] = "perceiver"
     team: TeamConfig = field(default_factory=TeamConfig)
     output_dir: str = "runs"
     task: TaskConfig = field(default_factory=TaskConfig)
