@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -68,7 +69,8 @@ class Job:
 
 
 def _list(block: dict, key: str, source: str) -> list:
-    value = block.get(key, [] if key in ("overrides",) else None)
+    """A list-valued key; overrides may be empty, teams default to the task's own team."""
+    value = block.get(key, {"overrides": [], "teams": [None]}.get(key))
     if not isinstance(value, list) or (key != "overrides" and not value):
         raise SweepError(f"{source}: {key}: expected a non-empty list, got {value!r}")
     return value
@@ -102,7 +104,7 @@ def _block_jobs(block: dict, out: Path, source: str) -> list[Job]:
             _list(block, "tasks", source), _list(block, "methods", source), _list(block, "teams", source),
             _list(block, "seeds", source), variants):
         overrides = [*_list(block, "overrides", source), *(block.get("task_overrides") or {}).get(task, []),
-                     f"method={method}", f"team={team}", f"seed={seed}", f"output_dir={out}",
+                     f"method={method}", *([f"team={team}"] if team else []), f"seed={seed}", f"output_dir={out}",
                      *(f"{k}={json.dumps(v)}" for k, v in variant)]
         cfg = load_run_config(str(task), overrides)
         suffix = "".join(f"-{k.split('.')[-1]}{v}" for k, v in variant)
@@ -228,22 +230,27 @@ def gpu_slots(requested: int | None) -> list[str | None]:
 
 def run_jobs(jobs: list[Job], slots: list[str | None], eval_opts: dict | None, start=launch) -> dict[str, int]:
     """Run jobs, one per slot at a time; returns each job's exit code."""
-    pending, running, codes = deque(jobs), {}, {}
-    begun = {}
-    while pending or running:
-        for slot in slots:
-            if slot not in running and pending:
-                job = pending.popleft()
-                print(f"[sweep] start {job.name}" + (f" on GPU {slot}" if slot is not None else ""), flush=True)
-                running[slot], begun[job.name] = (job, start(job, slot, eval_opts)), time.perf_counter()
-        for slot, (job, proc) in list(running.items()):
-            if proc.poll() is not None:
-                codes[job.name] = proc.returncode
-                del running[slot]
-                print(f"[sweep] {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'} {job.name} "
-                      f"in {time.perf_counter() - begun[job.name]:.0f} s", flush=True)
-        if running:
-            time.sleep(POLL_S)
+    pending, running, codes, begun = deque(jobs), {}, {}, {}
+    try:
+        while pending or running:
+            for slot in slots:
+                if slot not in running and pending:
+                    job = pending.popleft()
+                    print(f"[sweep] start {job.name}" + (f" on GPU {slot}" if slot is not None else ""), flush=True)
+                    running[slot], begun[job.name] = (job, start(job, slot, eval_opts)), time.perf_counter()
+            for slot, (job, proc) in list(running.items()):
+                if proc.poll() is not None:
+                    codes[job.name] = proc.returncode
+                    del running[slot]
+                    print(f"[sweep] {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'} {job.name} "
+                          f"in {time.perf_counter() - begun[job.name]:.0f} s", flush=True)
+            if running:
+                time.sleep(POLL_S)
+    except BaseException:  # Ctrl-C or a kill of the sweep: stop its runs too (rerun the sweep to resume them)
+        for job, proc in running.values():
+            proc.terminate()
+            proc.wait()
+        raise
     return codes
 
 
@@ -255,6 +262,8 @@ def sweep(path: Path, dry_run: bool = False, gpus: int | None = None, start=laun
     states = {job.name: state(job, eval_opts) for job in jobs}
     for job in jobs:
         print(f"[sweep] {states[job.name]:>9}  {job.run_dir}")
+    counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
+    print(f"[sweep] {len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
     todo = [j for j in jobs if states[j.name] not in ("finished", "conflict")]
     conflicts = [j.name for j in jobs if states[j.name] == "conflict"]
     if conflicts:
@@ -279,14 +288,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpus", type=int, help="use at most N GPUs (default: all visible)")
     p.add_argument("--child", nargs=2, metavar=("RUN_DIR", "TASK"), help=argparse.SUPPRESS)
     p.add_argument("--eval", default="null", help=argparse.SUPPRESS)
-    args, overrides = p.parse_known_args(argv)
-    overrides = [o for o in overrides if o != "--"]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []  # the child's key=value overrides
+    args = p.parse_args(argv[: len(argv) - len(overrides) - (1 if "--" in argv else 0)])
     try:
         if args.child:
             run_child(Path(args.child[0]), args.child[1], overrides, json.loads(args.eval))
             return
-        if args.sweep is None or overrides:
-            p.error("give one sweep file (and no overrides: put them in the file)")
+        if args.sweep is None:
+            p.error("give a sweep file (configs/sweeps/*.yaml)")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` stops the runs too, as Ctrl-C does
         outcome = sweep(args.sweep, args.dry_run, args.gpus)
     except MusketeersError as e:
         print(f"sweep: error: {e}", file=sys.stderr)

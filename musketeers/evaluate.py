@@ -30,13 +30,13 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from musketeers.config import RunConfig, load_resolved_config
-from musketeers.context import insert_context, leading_pads
 from musketeers.errors import MusketeersError
+
+if TYPE_CHECKING:  # torch is imported where it is used: registering the CLI command stays fast
+    import torch
 
 CONFIG_FILE = "config.yaml"
 DEFAULT_BATCH_SIZE = 16
@@ -108,28 +108,35 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 
 def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
     """Each row up to and including its first EOS."""
+    import torch
+
     is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
     lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion_ids.shape[1])
     return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist())]
 
 
-@torch.no_grad()
 def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None,
                           eos_ids: list[int], **generate_kwargs) -> list[list[int]]:
     """New tokens generated from [pads][C][prompt] (left-padded ids/mask [B, P], context [B, m, D];
     None: the plain prompt), each row cut after its first EOS. With inputs_embeds, generate derives
     positions from the mask and returns only the new tokens."""
-    if context is None:
-        out = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, ids.shape[1]:]
-    else:
-        embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context.to(ids.device), leading_pads(mask))
-        out = model.generate(inputs_embeds=embeds, attention_mask=full_mask, **generate_kwargs)
+    import torch
+
+    from musketeers.context import insert_context, leading_pads
+
+    with torch.no_grad():
+        if context is None:
+            out = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, ids.shape[1]:]
+        else:
+            embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context.to(ids.device), leading_pads(mask))
+            out = model.generate(inputs_embeds=embeds, attention_mask=full_mask, **generate_kwargs)
     return cut_at_eos(out, eos_ids)
 
 
 def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tensor | None, max_new_tokens: int) -> list[str]:
     """Greedy completions (decoded, special tokens dropped, as TRL decodes them) of prompt strings,
     tokenized as TRL tokenizes them."""
+    import torch
     from transformers import GenerationConfig
     from trl.trainer.utils import pad
 
@@ -161,10 +168,12 @@ class Evaluator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.conditioner = build_conditioner(cfg, policy, self.tokenizer)
-        if not baseline:
-            policy = self._load_trained(policy, checkpoint)
-        self.model = policy.eval()
-        self._to_device()
+        try:
+            self.model = (policy if baseline else self._load_trained(policy, checkpoint)).eval()
+            self._to_device()
+        except BaseException:
+            self.close()  # the experts are running by now
+            raise
 
     def _load_trained(self, policy, checkpoint: Path):
         from peft import PeftModel

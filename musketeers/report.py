@@ -31,7 +31,6 @@ import numpy as np
 
 from musketeers.config import RunConfig, load_resolved_config
 from musketeers.errors import MusketeersError
-from musketeers.metrics import spearman_rho
 
 LAST_FRACTION = 0.1
 METHOD_ORDER = ("single", "hard_routing", "text_hints", "ffn", "perceiver")
@@ -99,6 +98,8 @@ class Run:
 
     def rho(self) -> float:
         """Spearman rho between reward and routing entropy over the steps that logged both."""
+        from musketeers.metrics import spearman_rho  # torch and scipy: imported when needed
+
         entropy, reward = self.series("routing/entropy"), self.series("reward")
         steps = sorted(set(entropy) & set(reward))
         return spearman_rho([reward[s] for s in steps], [entropy[s] for s in steps]) if steps else math.nan
