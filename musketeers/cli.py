@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--backend", choices=["ray", "local"], help="override the team's backend")
     probe.set_defaults(func=cmd_experts_probe)
 
+    from musketeers.evaluate import add_eval_parser
+    from musketeers.report import add_report_parser
+
+    add_eval_parser(commands)
+    add_report_parser(commands)
+
     config = commands.add_parser("config", help="show resolved configs").add_subparsers(dest="action", metavar="ACTION", required=True)
     with_task(config.add_parser("show", help="print the resolved config of a run")).set_defaults(func=cmd_config_show)
 
