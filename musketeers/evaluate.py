@@ -218,13 +218,20 @@ def score_rows(rows: list[dict[str, Any]], completions: list[str], prefill: str)
     return [score_completion(c, r["answer"], r["task"], r["entry"], prefill=prefill) for r, c in zip(rows, completions, strict=True)]
 
 
+def _stats(scores: list[float]) -> dict[str, Any]:
+    """accuracy = mean score (Reasoning Gym gives partial credit on some datasets); solved = share
+    of items with full credit."""
+    n = len(scores)
+    return {"n": n, "accuracy": sum(scores) / n if n else float("nan"),
+            "solved": sum(s >= 1.0 for s in scores) / n if n else float("nan")}
+
+
 def accuracy_summary(datasets: list[str], scores: list[float]) -> dict[str, Any]:
-    """Mean score overall and per source dataset."""
+    """Accuracy and solved share overall and per source dataset."""
     groups: dict[str, list[float]] = defaultdict(list)
     for name, score in zip(datasets, scores, strict=True):
         groups[name].append(score)
-    per = {name: {"n": len(s), "accuracy": sum(s) / len(s)} for name, s in sorted(groups.items())}
-    return {"n": len(scores), "accuracy": sum(scores) / len(scores) if scores else float("nan"), "per_dataset": per}
+    return {**_stats(scores), "per_dataset": {name: _stats(s) for name, s in sorted(groups.items())}}
 
 
 def evaluate(path: str | Path, split: str | None = None, limit: int | None = None,
@@ -276,10 +283,9 @@ def format_result(result: dict[str, Any]) -> str:
     what = "untrained baseline" if result["baseline"] else result["checkpoint"]
     head = (f"eval of {what}: method {result['method']}, task {result['task']}, split {result['split']} "
             f"({result['n']} of {result['split_size']} items), greedy, {result['max_completion_length']} tokens")
-    lines = [head, "", "| dataset | n | accuracy |", "| --- | ---: | ---: |"]
-    for name, d in result["per_dataset"].items():
-        lines.append(f"| {name} | {d['n']} | {100 * d['accuracy']:.2f}% |")
-    lines.append(f"| **all** | {result['n']} | {100 * result['accuracy']:.2f}% |")
+    lines = [head, "", "| dataset | n | accuracy (mean score) | solved (full score) |", "| --- | ---: | ---: | ---: |"]
+    for name, d in [*result["per_dataset"].items(), ("**all**", result)]:
+        lines.append(f"| {name} | {d['n']} | {100 * d['accuracy']:.2f}% | {100 * d['solved']:.2f}% |")
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ a column a task. Cells are mean +- std over seeds, std with ddof=1 (the sample s
 
 Numbers, named for what they are:
   * held-out accuracy: `accuracy` of the eval JSON that `musketeers eval` wrote next to the run's
-    final/ (or last) checkpoint; cells are left empty where a run has none;
+    final/ (or last) checkpoint; a cell shows "—" when none of its runs has one, and "(k of n
+    seeds)" when only some have;
   * training reward: the mean `reward` over the last 10% of a run's logged steps (at least one step);
     always available, but it is the sampled (temperature 1) reward on training prompts, not accuracy;
   * rho: Spearman rank correlation between a run's reward and routing-entropy series
@@ -191,8 +192,10 @@ def _cell(values: list[float], total: int) -> str:
     if not values:
         return "—"
     mean, std = mean_std(values)
-    text = f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f} (1 seed)"
-    return text + (f" ({len(values)} of {total} seeds)" if len(values) < total else "")
+    text = f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    if len(values) < total:
+        return f"{text} ({len(values)} of {total} seeds)"
+    return text if len(values) > 1 else f"{text} (1 seed)"
 
 
 def results_table(groups: list[Group], which: str) -> str:
@@ -211,13 +214,13 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 def runs_table(runs: list[Run]) -> str:
     """One line per run: steps, final training reward, held-out accuracy and rho."""
-    lines = ["| run | task | method | team | seed | steps | training reward (last 10%) | held-out accuracy | rho(reward, entropy) |",
+    lines = ["| run | task | method | team | seed | steps | training reward (%, last 10%) | held-out accuracy (%) | rho(reward, entropy) |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(runs, key=lambda r: (_task_rank(r.task), _method_rank(r.cfg.method), r.path.name)):
-        acc = f"{100 * r.eval['accuracy']:.2f}% (n={r.eval['n']})" if r.eval else "—"
+        acc = f"{100 * r.eval['accuracy']:.2f} (n={r.eval['n']})" if r.eval else "—"
         steps = r.rows[-1]["step"] if r.rows else 0
         lines.append(f"| {r.path.name} | {r.task} | {r.cfg.method} | {r.team} | {r.cfg.seed} | {steps} | "
-                     f"{_fmt(r.final_reward())} | {acc} | {_fmt(r.rho())} |")
+                     f"{_fmt(100 * r.final_reward(), 2)} | {acc} | {_fmt(r.rho())} |")
     return "\n".join(lines)
 
 
@@ -325,8 +328,12 @@ def _figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(panels, 1, figsize=(width, height * panels), squeeze=False, sharex=True)
     fig.suptitle(title)
+    for ax in axes[:, 0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps
     return fig, list(axes[:, 0])
 
 
@@ -343,14 +350,16 @@ def plot_reward_entropy(task: str, groups: list[Group], path: Path) -> str | Non
     w = _window(groups)
     fig, (top, bottom) = _figure(f"Reward and routing entropy over training, task {task}"
                                  + (f" (rolling mean over {w} steps)" if w > 1 else ""), panels=2)
-    for g in groups:
-        _band(top, *_matrix(g.runs, "reward"), g.label, w)
-    for g in routed:
-        _band(bottom, *_matrix(g.runs, "routing/entropy"), g.label, w)
+    for i, g in enumerate(groups):  # one colour per group in both panels
+        _band(top, *_matrix(g.runs, "reward"), g.label, w, color=f"C{i}")
+        if any(g is r for r in routed):
+            _band(bottom, *_matrix(g.runs, "routing/entropy"), g.label, w, color=f"C{i}")
     top.set_ylabel("reward (training)")
     bottom.set_ylabel("routing entropy H")
     bottom.set_xlabel("optimizer step")
-    if not routed:
+    if routed:
+        bottom.legend(fontsize=7)
+    else:
         bottom.text(0.5, 0.5, "no run logged routing entropy", ha="center", transform=bottom.transAxes)
     top.legend(fontsize=7)
     _save(fig, path)

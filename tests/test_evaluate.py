@@ -59,7 +59,7 @@ def test_accuracy_on_known_answers_overall_and_per_dataset(tmp_path, oracle):
     run_dir = fake_run(tmp_path, TASK, TWO_DATASETS)
     result = ev.evaluate(run_dir, limit=7, batch_size=3, progress=False)
     assert result["split"] == "validation" and result["n"] == 7
-    assert result["accuracy"] == pytest.approx(4 / 7)  # items 0, 2, 4, 6
+    assert result["accuracy"] == result["solved"] == pytest.approx(4 / 7)  # items 0, 2, 4, 6
     rows = load_split(load_run_config(TASK, [TWO_DATASETS]).task, "validation")
     for name, d in result["per_dataset"].items():
         mine = [k for k in range(7) if rows[k]["task"] == name]
@@ -97,7 +97,7 @@ def test_cli_parser_prints_the_table(tmp_path, oracle, capsys):
     args = parser.parse_args(["eval", str(run_dir), "--limit", "4", "--batch-size", "2"])
     args.func(args)
     out = capsys.readouterr().out
-    assert "| **all** | 4 | 50.00% |" in out and "eval-validation.json" in out
+    assert "| **all** | 4 | 50.00% | 50.00% |" in out and "eval-validation.json" in out
 
 
 # ----------------------------------------------------------------------------- real models
