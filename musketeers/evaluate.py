@@ -106,39 +106,14 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
 
 
-def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
-    """Each row up to and including its first EOS."""
-    import torch
-
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
-    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion_ids.shape[1])
-    return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist())]
-
-
-def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None,
-                          eos_ids: list[int], **generate_kwargs) -> list[list[int]]:
-    """New tokens generated from [pads][C][prompt] (left-padded ids/mask [B, P], context [B, m, D];
-    None: the plain prompt), each row cut after its first EOS. With inputs_embeds, generate derives
-    positions from the mask and returns only the new tokens."""
-    import torch
-
-    from musketeers.context import insert_context, leading_pads
-
-    with torch.no_grad():
-        if context is None:
-            out = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, ids.shape[1]:]
-        else:
-            embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context.to(ids.device), leading_pads(mask))
-            out = model.generate(inputs_embeds=embeds, attention_mask=full_mask, **generate_kwargs)
-    return cut_at_eos(out, eos_ids)
-
-
 def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tensor | None, max_new_tokens: int) -> list[str]:
     """Greedy completions (decoded, special tokens dropped, as TRL decodes them) of prompt strings,
     tokenized as TRL tokenizes them."""
     import torch
     from transformers import GenerationConfig
     from trl.trainer.utils import pad
+
+    from musketeers.context import generate_with_context
 
     device = model.get_input_embeddings().weight.device
     prompt_ids = tokenizer(text=prompts)["input_ids"]

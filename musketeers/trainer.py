@@ -28,7 +28,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from musketeers.conditioning import Conditioner
-from musketeers.context import insert_context, leading_pads
+from musketeers.context import generate_with_context, insert_context, leading_pads
 
 ADAPTER_FILE = "context_adapter.safetensors"
 
@@ -107,16 +107,8 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left").to(device)
-        with (
-            unwrap_model_for_generation(self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as model,
-            torch.no_grad(),
-        ):
-            embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context.to(device), leading_pads(mask))
-            # generate derives positions from the mask; with inputs_embeds it returns only new tokens
-            completion_ids = model.generate(inputs_embeds=embeds, attention_mask=full_mask, generation_config=self.generation_config)
-        is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
-        lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion_ids.shape[1])
-        return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist())]
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as model:
+            return generate_with_context(model, ids, mask, context.to(device), self.eos_token_ids, generation_config=self.generation_config)
 
     # ------------------------------------------------------------------------- 3. log-probs
 

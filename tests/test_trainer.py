@@ -70,7 +70,10 @@ def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, mo
         seen.append((trainer._reference_pass(), context.detach().clone()))
         return original(embeds, mask, context, pads)
 
-    monkeypatch.setattr(trainer_module, "insert_context", spy)
+    import musketeers.context as context_module
+
+    monkeypatch.setattr(trainer_module, "insert_context", spy)  # log-prob passes
+    monkeypatch.setattr(context_module, "insert_context", spy)  # generation
     output = trainer._generate_and_score_completions(first_batch(trainer))
     reference = [c for is_ref, c in seen if is_ref]
     policy = [c for is_ref, c in seen if not is_ref]
