@@ -25,6 +25,7 @@ from musketeers.data import build_prompt
 from musketeers.metrics import routing_entropy, selection_frequencies, utilisation
 
 CONTEXT_METHODS = ("perceiver", "ffn", "hard_routing")
+ROUTING_KEYS = ("router_input", "gumbel_noise", "selected_state")  # stored by hard routing
 
 
 @dataclass
@@ -96,6 +97,11 @@ class Conditioner:
             cond.metrics.update(self._routing_metrics(out))
         self.timings["experts"] = time.perf_counter() - start
         return cond
+
+    @staticmethod
+    def stored_part(batch: dict) -> dict[str, Tensor]:
+        """The tensors prepare() stored, picked out of a (split, shuffled) training batch."""
+        return {k: v for k, v in batch.items() if k in ROUTING_KEYS or k.startswith("expert_state_")}
 
     def context(self, stored: dict[str, Tensor], training: bool) -> Tensor:
         """C from the stored expert states, differentiable in the adapter's parameters."""

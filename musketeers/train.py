@@ -48,8 +48,8 @@ def prompt_dataset(rows, tokenizer, task):
 class MetricsLogger(TrainerCallback):
     """Appends one JSON row per optimizer step to metrics.jsonl (flushed: nothing lost on a crash)."""
 
-    def __init__(self, path: Path, expert_names: list[str]):
-        self.path, self.expert_names = path, expert_names
+    def __init__(self, path: Path):
+        self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "reward" not in logs:
@@ -147,7 +147,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
     args = grpo_config(cfg, run_dir)
     args.reward_weights = weights
-    callbacks = [MetricsLogger(run_dir / METRICS_FILE, conditioner.names),
+    callbacks = [MetricsLogger(run_dir / METRICS_FILE),
                  TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
     trainer = MusketeersGRPOTrainer(
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,

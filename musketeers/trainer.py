@@ -160,7 +160,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         if not self.conditioner.uses_context:
             return super()._compute_loss(model, inputs)
-        stored = {k: v for k, v in inputs.items() if k in ("router_input", "gumbel_noise", "selected_state") or k.startswith("expert_state_")}
+        stored = self.conditioner.stored_part(inputs)
         with self._context_as(self.conditioner.context(stored, training=model.training)):
             return super()._compute_loss(model, inputs)
 

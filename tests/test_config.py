@@ -1,12 +1,8 @@
 """The config loader: composition, defaults from the paper, and one-line errors for bad input."""
-from pathlib import Path
 
 import pytest
 
 from musketeers.config import CONFIG_DIR, ConfigError, load_run_config
-
-BASE = str(CONFIG_DIR / "base.yaml")
-
 
 def test_paper_defaults_are_explicit():
     cfg = load_run_config("arithmetic")
@@ -71,7 +67,7 @@ def test_team_file_wins_over_base_and_cli_wins_over_team():
     assert cfg.adapter.router_encoder == "random:llama"
 
 
-def _error(task, overrides=(), **files) -> str:
+def _error(task, overrides=()) -> str:
     with pytest.raises(ConfigError) as info:
         load_run_config(task, overrides)
     message = str(info.value)

@@ -1,6 +1,5 @@
 """GRPO training on tiny random models: context layout, reference pass, gradients, resume, methods."""
 import inspect
-import json
 from pathlib import Path
 
 import pytest
