@@ -55,12 +55,34 @@ def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[in
 def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None,
                           eos_ids: list[int], **generate_kwargs) -> list[list[int]]:
     """New tokens generated from [pads][C][prompt] (left-padded ids/mask [B, P], context [B, m, D];
-    None: the plain prompt), each row cut after its first EOS. With inputs_embeds, generate derives
-    positions from the mask and returns only the new tokens."""
+    None: the plain prompt), each row cut after its first EOS.
+
+    A GRPO batch holds each prompt G times: the prompt is run once per distinct row, its KV cache
+    copied to the G rows, and `generate` goes on from the cache (its positions come from the mask,
+    as in `positions_from_mask`). HF `generate` would prefill every copy.
+    """
+    if ids.shape[1] == 1 and context is None:  # nothing to prefill
+        return cut_at_eos(model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, 1:], eos_ids)
     with torch.no_grad():
-        if context is None:
-            out = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, ids.shape[1]:]
-        else:
-            embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context.to(ids.device), leading_pads(mask))
-            out = model.generate(inputs_embeds=embeds, attention_mask=full_mask, **generate_kwargs)
-    return cut_at_eos(out, eos_ids)
+        embeds = model.get_input_embeddings()(ids)
+        if context is not None:
+            embeds, mask, _ = insert_context(embeds, mask, context.to(ids.device), leading_pads(mask))
+        first, copies = distinct_rows(ids, context)
+        prefix_mask = mask[first, :-1]
+        cache = model(inputs_embeds=embeds[first, :-1], attention_mask=prefix_mask,
+                      position_ids=positions_from_mask(prefix_mask), use_cache=True).past_key_values
+        cache.batch_select_indices(copies.to(ids.device))
+        input_ids = ids.new_zeros(mask.shape)  # only the last column is read: the rest is in the cache
+        input_ids[:, -1] = ids[:, -1]
+        out = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
+    return cut_at_eos(out[:, mask.shape[1]:], eos_ids)
+
+
+def distinct_rows(ids: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    """first [U]: one row index per distinct (prompt, context) row; copies [B]: each row's entry in first."""
+    _, copies = torch.unique(ids, dim=0, return_inverse=True)
+    first = torch.full((int(copies.max()) + 1,), ids.shape[0], device=ids.device)
+    first = first.scatter_reduce(0, copies, torch.arange(ids.shape[0], device=ids.device), reduce="amin")
+    if context is not None and not torch.equal(context[first[copies]], context):  # same prompt, different C
+        first = copies = torch.arange(ids.shape[0], device=ids.device)
+    return first, copies

@@ -5,14 +5,16 @@ objective with the KL term). We override only what the context tokens touch:
 
   1. _generate_and_score_completions  experts -> adapter -> C (no grad) before TRL's step; store
                                       the expert states so the loss pass can rebuild C with grad
-  2. _generate_single_turn            generate from [pads][C][prompt] (inputs_embeds)
+  2. _generate_single_turn            generate from [pads][C][prompt], one prefill per distinct
+                                      prompt (all methods)
   3. _get_per_token_logps_and_entropies  every log-prob pass sees [pads][C][prompt][completion];
-                                      the reference pass (LoRA disabled) sees zeros where C sits
+                                      the reference pass (LoRA disabled) sees zeros where C sits;
+                                      only completion positions reach the LM head (all methods)
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
   5. create_optimizer                 the adapter is its own parameter group with router_lr
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
 
-With method "single" every override falls through to TRL unchanged.
+With method "single" the passes are TRL's but faster (2, 3): the other overrides fall through.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ from musketeers.conditioning import Conditioner
 from musketeers.context import generate_with_context, insert_context, leading_pads
 
 ADAPTER_FILE = "context_adapter.safetensors"
+
+
+@contextmanager
+def last_hidden_states_only(model, n: int):
+    """While open, the backbone of `model` (a causal LM, PEFT-wrapped or not) returns only its last n
+    hidden states, so TRL's fused LM head scores those positions alone."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def keep_last(_module, _args, output):
+        output.last_hidden_state = output.last_hidden_state[:, -n:]
+        return output
+
+    handle = causal_lm.base_model.register_forward_hook(keep_last)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class MusketeersGRPOTrainer(GRPOTrainer):
@@ -95,31 +114,37 @@ class MusketeersGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         start = time.perf_counter()
-        if self._context is None:
+        if self.use_vllm or self.use_transformers_continuous_batching or images is not None or multimodal_fields:
+            if self._context is not None:
+                raise ValueError("context tokens support plain HF generation of text prompts only")
             result = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-        else:
+        else:  # every method: one prefill per distinct prompt, not per completion
             result = self._generate_with_context(prompt_ids, self._context), None
         self._add_time("generation", start)
         return result
 
-    def _generate_with_context(self, prompt_ids: list[list[int]], context: torch.Tensor) -> list[list[int]]:
-        """Sample completions from [pads][C][prompt]; each ends at its first EOS (kept)."""
+    def _generate_with_context(self, prompt_ids: list[list[int]], context: torch.Tensor | None) -> list[list[int]]:
+        """Sample completions from [pads][C][prompt] ([pads][prompt] without C); each ends at its first EOS (kept)."""
         device = self.accelerator.device
         ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left").to(device)
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as model:
-            return generate_with_context(model, ids, mask, context.to(device), self.eos_token_ids, generation_config=self.generation_config)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                         generation_kwargs=self.generation_kwargs,
+                                         gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model:
+            return generate_with_context(model, ids, mask, context, self.eos_token_ids, generation_config=self.generation_config)
 
     # ------------------------------------------------------------------------- 3. log-probs
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **kwargs):
         start = time.perf_counter()
-        if self._context is None:
+        if compute_aux_loss or any(v is not None for v in kwargs.values()):  # MoE / multimodal: TRL's own pass
+            if self._context is not None:
+                raise ValueError("context tokens support text-only, dense policies")
             result = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **kwargs)
         else:
-            result = self._logps_with_context(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy)
+            result = self._completion_logps(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy)
         if not torch.is_grad_enabled():
             self._add_time("logprobs", start)
         return result
@@ -128,27 +153,36 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         """TRL takes reference log-probs from the policy with its LoRA disabled."""
         return self._lora_layer is not None and self._lora_layer.disable_adapters
 
-    def _logps_with_context(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
+    def _completion_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
+        """Log-probs (and entropies) of the last `logits_to_keep` tokens of [pads][C][prompt][completion].
+
+        TRL's fused LM head, as in its own pass; only the completion's hidden states reach it (TRL
+        projects every position where Triton is missing, e.g. on CPU, 3-4x the head's work here).
+        """
         context = self._context
-        if context.shape[0] != input_ids.shape[0]:
+        if context is not None and context.shape[0] != input_ids.shape[0]:
             raise RuntimeError(f"context has {context.shape[0]} rows, the log-prob batch {input_ids.shape[0]}")
-        if self._reference_pass():
+        if context is not None and self._reference_pass():
             context = torch.zeros_like(context)  # paper section 4.1: zero-valued C at the same positions
-        embed = self.accelerator.unwrap_model(model).get_input_embeddings()
+        unwrapped = self.accelerator.unwrap_model(model)
         num_pads = leading_pads(attention_mask[:, :-logits_to_keep])
         batch_size = batch_size or input_ids.shape[0]
         logps, entropies = [], []
         for s in range(0, input_ids.shape[0], batch_size):
             ids, mask = input_ids[s : s + batch_size], attention_mask[s : s + batch_size]
-            embeds, full_mask, positions = insert_context(embed(ids), mask, context[s : s + batch_size], num_pads[s : s + batch_size])
-            labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-logits_to_keep] = -100
-            labels = torch.cat([labels.new_full((ids.shape[0], context.shape[1]), -100), labels], dim=1)
-            with self.accelerator.autocast():
-                out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, labels=labels, fused_lm_head=True)
-            logps.append(out.log_probs[:, -logits_to_keep:])
+            # the head's shift drops the first label: logits_to_keep + 1 hidden states score the completion
+            labels = ids[:, -logits_to_keep - 1 :].masked_fill(mask[:, -logits_to_keep - 1 :] == 0, -100)
+            if context is None:
+                inputs = {"input_ids": ids, "attention_mask": mask}
+            else:
+                embeds, full_mask, positions = insert_context(unwrapped.get_input_embeddings()(ids), mask,
+                                                              context[s : s + batch_size], num_pads[s : s + batch_size])
+                inputs = {"inputs_embeds": embeds, "attention_mask": full_mask, "position_ids": positions}
+            with self.accelerator.autocast(), last_hidden_states_only(unwrapped, logits_to_keep + 1):
+                out = model(**inputs, labels=labels, fused_lm_head=True)
+            logps.append(out.log_probs)
             if compute_entropy:
-                entropies.append(out.entropy[:, -logits_to_keep:])
+                entropies.append(out.entropy)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     def _add_time(self, key: str, start: float) -> None:

@@ -119,6 +119,50 @@ def test_generation_and_logprob_passes_share_the_layout(tmp_path):
     assert torch.allclose(logps, sampled, atol=1e-4)
 
 
+def test_logprob_pass_scores_only_completions_and_equals_full_logits(tmp_path, monkeypatch):
+    """The log-prob pass feeds only completion positions to the LM head; its log-probs and entropies equal
+    TRL's own pass (no C) and a plain full-logits forward (with C), padding and micro-batches included."""
+    from trl import GRPOTrainer
+
+    from musketeers.context import insert_context, leading_pads
+
+    trainer = build_trainer(tiny_config(tmp_path, "training.temperature=0.7"), tmp_path)
+    model, vocab = trainer.model, trainer.model.get_input_embeddings().weight.shape[0]
+    torch.manual_seed(0)
+    ids = torch.randint(3, vocab, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = mask[1, :1] = 0  # left pads
+    mask[2, -2:] = mask[3, -1:] = 0  # completions cut at EOS
+    import trl.trainer.utils as trl_utils
+
+    head, scored = trl_utils._ChunkedLogProbFunction, []
+
+    class CountingHead(head):
+        @classmethod
+        def apply(cls, hidden, *args):
+            scored.append(hidden.shape[0])
+            return head.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingHead)
+    with torch.no_grad():
+        ours = trainer._get_per_token_logps_and_entropies(model, ids, mask, 4, batch_size=3, compute_entropy=True)
+        assert scored == [3 * 4, 1 * 4]  # micro-batches of 3 and 1 rows, 4 completion positions each
+        trl = GRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, 4, batch_size=3, compute_entropy=True)
+    valid = mask[:, -4:].bool()
+    for a, b in zip(ours[:2], trl[:2]):
+        assert a.shape == (4, 4) and torch.allclose(a[valid], b[valid], atol=1e-5)
+
+    context = torch.randn(4, 3, model.get_input_embeddings().weight.shape[1])
+    embeds, full_mask, positions = insert_context(model.get_input_embeddings()(ids), mask, context, leading_pads(mask[:, :-4]))
+    with torch.no_grad(), trainer._context_as(context):
+        logps, entropy, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 4, compute_entropy=True)
+        logits = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions).logits[:, -5:-1] / 0.7
+    expected = torch.log_softmax(logits, -1).gather(-1, ids[:, -4:, None]).squeeze(-1)
+    expected_entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    assert torch.allclose(logps[valid], expected[valid], atol=1e-5)
+    assert torch.allclose(entropy[valid], expected_entropy[valid], atol=1e-5)
+
+
 def test_gradients_reach_lora_and_adapter_with_router_lr(tmp_path, dense_reward):
     trainer = build_trainer(tiny_config(tmp_path, "training.router_lr=3e-3", "training.learning_rate=1e-4"), tmp_path)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop
