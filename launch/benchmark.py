@@ -195,6 +195,7 @@ class StepProbe:
         self.rows: list[dict] = []
         self._wrap(trainer, "_generate_single_turn", "generation")
         self._wrap(trainer, "_get_per_token_logps_and_entropies", "logprobs", no_grad_only=True)
+        self._count_sequence_tokens(trainer)
         conditioner = getattr(trainer, "conditioner", None)
         if conditioner is not None and conditioner.pool is not None:
             self._wrap(conditioner.pool, "encode", "experts")
@@ -220,6 +221,19 @@ class StepProbe:
             return result
 
         setattr(obj, name, timed)
+
+    def _count_sequence_tokens(self, trainer) -> None:
+        """Width of the log-prob passes' rows: padded prompt + context tokens + completion."""
+        self.sequence_tokens = 0
+        inner = trainer._get_per_token_logps_and_entropies
+
+        @wraps(inner)
+        def counted(model, input_ids, *a, **k):
+            context = getattr(trainer, "_context", None)
+            self.sequence_tokens = input_ids.shape[1] + (context.shape[1] if context is not None else 0)
+            return inner(model, input_ids, *a, **k)
+
+        trainer._get_per_token_logps_and_entropies = counted
 
     def _hook(self, module) -> None:
         starts = []
@@ -251,6 +265,7 @@ class StepProbe:
         row = {"step": step, **self.times}
         row["update"] = max(step - sum(self.times.values()), 0.0)
         row["tokens"] = last("completions/mean_length") * self.trainer.args.generation_batch_size
+        row["sequence_tokens"] = self.sequence_tokens
         row["expert_forwards"], row["cache_hits"] = last("experts/forwards"), last("experts/cache_hits")
         row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else rss_mb()
         self.rows.append(row)
@@ -315,6 +330,7 @@ def summary(key: str, args, trainer, probe: StepProbe) -> dict:
     out = {"config": key, "label": LABELS[key], "steps_measured": len(rows), "step_s": med("step")}
     out.update({f"{b}_s": med(b) for b in (*BUCKETS, "update")})
     out["generated_tokens_per_s"] = med("tokens") / max(med("generation"), 1e-9)
+    out["sequence_tokens"] = med("sequence_tokens")  # of a log-prob pass row: prompt (+ C) + completion
     out["peak_gpu_mb" if args.device != "cpu" else "rss_mb"] = max(r["peak_mb"] for r in probe.rows)
     out["expert_forwards_per_step"] = [r["expert_forwards"] for r in probe.rows]
     out["cache_hits_per_step"] = [r["cache_hits"] for r in probe.rows]

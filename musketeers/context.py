@@ -59,7 +59,8 @@ def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context:
 
     A GRPO batch holds each prompt G times: the prompt is run once per distinct row, its KV cache
     copied to the G rows, and `generate` goes on from the cache (its positions come from the mask,
-    as in `positions_from_mask`). HF `generate` would prefill every copy.
+    as in `positions_from_mask`). HF `generate` would prefill every copy. (In train mode the G copies
+    thus share the LoRA-dropout mask of the prompt's positions.)
     """
     if ids.shape[1] == 1 and context is None:  # nothing to prefill
         return cut_at_eos(model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, 1:], eos_ids)
@@ -70,7 +71,7 @@ def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context:
         first, copies = distinct_rows(ids, context)
         prefix_mask = mask[first, :-1]
         cache = model(inputs_embeds=embeds[first, :-1], attention_mask=prefix_mask,
-                      position_ids=positions_from_mask(prefix_mask), use_cache=True).past_key_values
+                      position_ids=positions_from_mask(prefix_mask), use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_select_indices(copies.to(ids.device))
         input_ids = ids.new_zeros(mask.shape)  # only the last column is read: the rest is in the cache
         input_ids[:, -1] = ids[:, -1]
