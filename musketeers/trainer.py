@@ -160,12 +160,13 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         projects every position where Triton is missing, e.g. on CPU, 3-4x the head's work here).
         """
         context = self._context
-        if context is not None and context.shape[0] != input_ids.shape[0]:
-            raise RuntimeError(f"context has {context.shape[0]} rows, the log-prob batch {input_ids.shape[0]}")
-        if context is not None and self._reference_pass():
-            context = torch.zeros_like(context)  # paper section 4.1: zero-valued C at the same positions
+        if context is not None:
+            if context.shape[0] != input_ids.shape[0]:
+                raise RuntimeError(f"context has {context.shape[0]} rows, the log-prob batch {input_ids.shape[0]}")
+            if self._reference_pass():
+                context = torch.zeros_like(context)  # paper section 4.1: zero-valued C at the same positions
+            num_pads = leading_pads(attention_mask[:, :-logits_to_keep])
         unwrapped = self.accelerator.unwrap_model(model)
-        num_pads = leading_pads(attention_mask[:, :-logits_to_keep])
         batch_size = batch_size or input_ids.shape[0]
         logps, entropies = [], []
         for s in range(0, input_ids.shape[0], batch_size):

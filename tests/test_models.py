@@ -357,6 +357,24 @@ def test_package_upgrade_triggers_reconversion(fake_gguf, tmp_path):
     assert json.loads(marker.read_text())["identity"].endswith("@0.1.2")
 
 
+def convert_in_threads(n: int) -> tuple[list, list]:
+    """ensure_embedded(SMOL) run by n threads at once: (their results, their exceptions)."""
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(ensure_embedded(SMOL))
+        except Exception as exc:  # pragma: no cover - reported by the caller's assertions
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
 def test_concurrent_converters_with_lock(fake_gguf, tmp_path, monkeypatch):
     slow_load = embedded._load_gguf
 
@@ -365,19 +383,7 @@ def test_concurrent_converters_with_lock(fake_gguf, tmp_path, monkeypatch):
         return slow_load(path)
 
     monkeypatch.setattr(embedded, "_load_gguf", slow)
-    results, errors = [], []
-
-    def worker():
-        try:
-            results.append(ensure_embedded(SMOL))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = convert_in_threads(3)
     assert not errors and len(set(results)) == 1 and len(fake_gguf) == 1  # the others waited and reused it
     assert _leftovers(tmp_path / "models") == []
 
@@ -398,19 +404,7 @@ def test_concurrent_converters_without_lock_tolerate_the_race(fake_gguf, tmp_pat
 
     monkeypatch.setattr(embedded, "_file_lock", no_lock)
     monkeypatch.setattr(embedded, "_load_gguf", load_together)
-    results, errors = [], []
-
-    def worker():
-        try:
-            results.append(ensure_embedded(SMOL))
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = convert_in_threads(2)
     assert not errors and len(fake_gguf) == 2 and len(set(results)) == 1
     assert (results[0] / embedded.MARKER).exists() and _leftovers(tmp_path / "models") == []
 
