@@ -13,14 +13,18 @@ An answer that fails its dataset's guard scores 0 without reaching the score fun
   numbers, strings, unary signs), which eval cannot turn into a call.
 - sympy datasets: the answer must parse as a Python expression of numbers, names, + - * / **,
   tuples and calls of the elementary functions in SYMPY_FUNCTIONS; the powers it writes may
-  multiply up to an exponent of at most MAX_TOTAL_EXPONENT in size (names count as 1).
+  multiply up to an exponent of at most MAX_TOTAL_EXPONENT in size (names count as 1), and its
+  float literals write a decimal exponent of at most MAX_LITERAL_EXPONENT (sympy makes them exact:
+  "5.3e+1000000" takes 30 s, "1e-99999999" hours).
 """
 
 import ast
 import math
+import re
 
 MAX_ANSWER_CHARS = 2000
 MAX_TOTAL_EXPONENT = 100  # gold answers use <= 10; simplify() of (x+1)**1000 takes 14 s
+MAX_LITERAL_EXPONENT = 308  # the float range
 
 INERT_NODES = (
     ast.Expression, ast.Constant, ast.List, ast.Tuple, ast.Name, ast.Load, ast.UnaryOp, ast.USub, ast.UAdd,
@@ -95,10 +99,20 @@ def is_safe_math(node: ast.AST) -> bool:
     return isinstance(node, MATH_NODES)
 
 
+def literal_exponent(text: str, node: ast.AST) -> int:
+    """|decimal exponent| a float literal of `text` writes ("2.5e-7": 7); 0 for any other node."""
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, float | complex)):
+        return 0
+    match = re.search(r"[eE]([+-]?[\d_]+)", ast.get_source_segment(text, node) or "")
+    return abs(int(match.group(1))) if match else 0
+
+
 def is_safe_for_sympy(answer: str) -> bool:
     """True if sympy.parse_expr(answer) only builds a math expression of bounded size."""
-    tree = parse_python(answer)
-    if tree is None or not all(is_safe_math(node) for node in ast.walk(tree)):
+    text = answer.lstrip(" \t")
+    tree = parse_python(text)
+    if tree is None or not all(is_safe_math(node) and literal_exponent(text, node) <= MAX_LITERAL_EXPONENT
+                               for node in ast.walk(tree)):
         return False
     try:
         return total_exponent(tree) <= MAX_TOTAL_EXPONENT

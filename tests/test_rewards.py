@@ -238,6 +238,16 @@ def test_guards_keep_partial_credit_and_equivalent_answers():
     assert is_safe_answer("chain_sum", "__import__('os')")  # chain_sum never evals its answer
 
 
+def test_sympy_guard_refuses_float_literals_with_huge_exponents():
+    """A fuzzed completion once stalled polynomial_multiplication's parse_expr in a 16-million-digit rational."""
+    item, _ = rg_item("polynomial_multiplication")
+    for answer in ["-1588-Infinity-5.3322769085987224e+16248811-15", "x*1e400", "2e999999j", "1E-99999999", " 1e-3_000"]:
+        start = time.perf_counter()
+        assert not is_safe_answer("polynomial_multiplication", answer)
+        assert rg_score(f"<answer>{answer}</answer>", item) == 0.0 and time.perf_counter() - start < 2.0
+    assert is_safe_answer("polynomial_multiplication", "-9.478662616412181e+288*x + 1e308 - 2.5E-7 + 0x1e999")
+
+
 # --- format reward -----------------------------------------------------------------------------
 
 FORMATS = [
