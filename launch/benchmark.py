@@ -59,6 +59,8 @@ PAPER_EXPERTS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from musketeers.config import CONTEXT_POSITIONS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", default="embedded:smollm2-135m-instruct")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per configuration (the first is warm-up)")
@@ -72,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     p.add_argument("--expert-backend", default="local", choices=("local", "ray"))
+    p.add_argument("--context-position", default=None, choices=CONTEXT_POSITIONS,
+                   help="adapter.context_position (default: the config's)")
     p.add_argument("--sequential", action="store_true", help="run configurations one after another")
     p.add_argument("--alternate", action="store_true", help="with --paper-scale: take turns (all models loaded at once)")
     p.add_argument("--gradient-checkpointing", choices=("recipe", "on", "off"), default="recipe",
@@ -133,14 +137,15 @@ def team_config(key: str, args):
 
 def run_config(key: str, args):
     """A RunConfig built directly (no task file: no Reasoning Gym needed), paper adapter defaults."""
-    from musketeers.config import PolicyConfig, RunConfig, TaskConfig, TrainingConfig
+    from musketeers.config import AdapterConfig, PolicyConfig, RunConfig, TaskConfig, TrainingConfig
 
     task = TaskConfig(name="synthetic", system_prompt_text=SYSTEM_PROMPT, assistant_prefill="<answer>")
     training = TrainingConfig(num_generations=args.generations, prompts_per_batch=args.prompts // args.grad_accum,
                               gradient_accumulation_steps=args.grad_accum, max_completion_length=args.max_tokens,
                               max_steps=args.steps, save_steps=10**9)
+    adapter = AdapterConfig(**({"context_position": args.context_position} if args.context_position else {}))
     return RunConfig(method="single" if key in ("a", "b") else "perceiver", team=team_config(key, args), task=task,
-                     policy=PolicyConfig(model=args.policy, dtype=args.dtype), training=training)
+                     policy=PolicyConfig(model=args.policy, dtype=args.dtype), training=training, adapter=adapter)
 
 
 def prompt_set(args, tokenizer, task):

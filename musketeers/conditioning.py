@@ -3,6 +3,7 @@
     conditioner = Conditioner(cfg, pool, adapter, encoder, policy_tokenizer)
     cond = conditioner.prepare(questions, training=True)   # experts run here, no gradients
     cond.context        # [B, m, D] context tokens C for generation (None: no context tokens)
+    conditioner.layout  # where C sits in the prompt, what the reference sees instead (context.py)
     cond.prompts        # rewritten prompts (text_hints), else None
     cond.stored         # tensors that let the loss pass rebuild C with gradients
     conditioner.context(cond.stored, training=True)         # C again, differentiable in phi
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from musketeers.adapters import HardRouter
 from musketeers.config import RunConfig
+from musketeers.context import ContextLayout
 from musketeers.data import build_prompt
 from musketeers.metrics import routing_entropy, selection_frequencies, utilisation
 
@@ -63,6 +65,7 @@ class Conditioner:
         self.method, self.task = cfg.method, cfg.task
         self.hint_max_tokens = cfg.adapter.hint_max_tokens
         self.pool, self.adapter, self.encoder, self.tokenizer = pool, adapter, encoder, tokenizer
+        self.layout = ContextLayout(cfg.adapter.context_position, cfg.training.reference_context)  # where C sits
         self.names = pool.names if pool is not None else []
         self.timings: dict[str, float] = {}
         if self.method in CONTEXT_METHODS and adapter is None:

@@ -28,6 +28,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 METHODS = ("perceiver", "ffn", "hard_routing", "text_hints", "single")
 POOLINGS = ("last_token", "first_token", "random_token", "first_layer", "random_layer")
+CONTEXT_POSITIONS = ("after_first", "prefix", "suffix")  # where C sits in the prompt: musketeers/context.py
+REFERENCE_CONTEXTS = ("zeros", "none")  # what the KL reference sees where C sits: musketeers/context.py
 
 
 class ConfigError(MusketeersError, ValueError):
@@ -109,6 +111,7 @@ class AdapterConfig:
     router_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
     gumbel_temperature: float = 1.0
     hint_max_tokens: int = 128
+    context_position: Literal[CONTEXT_POSITIONS] = "after_first"
 
 
 @dataclass
@@ -131,6 +134,7 @@ class TrainingConfig:
     logging_steps: int = 1
     save_steps: int = 50
     no_context_reward_every: int = 0
+    reference_context: Literal[REFERENCE_CONTEXTS] = "zeros"
 
 
 @dataclass

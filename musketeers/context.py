@@ -1,17 +1,63 @@
-"""Placing the context tokens C in the policy's input: [pads][C][prompt][completion].
+"""Placing the context tokens C in the policy's input, the one place that decides where C sits and
+what the KL reference sees instead (`ContextLayout`, from `adapter.context_position` and
+`training.reference_context`). Generation, every log-prob pass (policy, old policy, reference), the
+no-C reward of Figure 5 and `musketeers eval` all go through it.
 
-With a left-padded batch the context must sit after the pads, next to its prompt, not before the
-pads: RoPE attention depends on position differences, and C placed before the pads would sit a
-pad-count-dependent distance away from its prompt (DESIGN.md: about 3e-3 logit error, measured).
-Positions are given explicitly as cumsum(mask) - 1, as `generate` derives them, so generation and
-every log-prob pass (policy, old policy, reference) see identical positions, for absolute-position
-models (GPT-2) too.
+Positions, for a left-padded prompt row [pads][x_0 x_1 ... x_k] (x: the templated prompt):
+  after_first  [pads][x_0][C][x_1 ... x_k]   the default: C follows the first prompt token
+  prefix       [pads][C][x_0 ... x_k]        the paper's section 4.1 ("prefix-style conditioning")
+  suffix       [pads][x_0 ... x_k][C]        eq. 3 written literally, pi(y | [x || C])
+Real models keep an attention sink on their first token: a (near-)zero vector in its place breaks it
+(SmolLM2-135M: KL 0.2-0.5 between C ~ 1e-4 and C = 0 there, 5e-6 one token later; README table).
+So the default keeps x_0 first and lets the near-zero C of step 0 be almost invisible.
+
+Reference (the KL term's pi_ref is the frozen initial policy, LoRA disabled):
+  zeros  zero vectors where C sits, the same token layout (paper section 4.1): at step 0 the policy's
+         C ~ 1e-4 and the reference's 0 differ by almost nothing, so the KL starts at ~0
+  none   no context tokens at all, pi_ref(y | x) (eq. 4 read literally)
+
+C always sits after the pads, next to its prompt, never before them: RoPE attention depends on
+position differences, and C placed before the pads would sit a pad-count-dependent distance away from
+its prompt (DESIGN.md: about 3e-3 logit error, measured). Positions are given explicitly as
+cumsum(mask) - 1, as `generate` derives them, so generation and every log-prob pass see identical
+positions, for absolute-position models (GPT-2) too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from musketeers.config import CONTEXT_POSITIONS, REFERENCE_CONTEXTS
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Where C goes in the prompt and what the reference sees in its place (module docstring)."""
+
+    position: str = "after_first"
+    reference: str = "zeros"
+
+    def __post_init__(self):
+        if self.position not in CONTEXT_POSITIONS:
+            raise ValueError(f"context position {self.position!r} is not one of {', '.join(CONTEXT_POSITIONS)}")
+        if self.reference not in REFERENCE_CONTEXTS:
+            raise ValueError(f"reference context {self.reference!r} is not one of {', '.join(REFERENCE_CONTEXTS)}")
+
+    def slot(self, prompt_mask: Tensor) -> Tensor:
+        """[B]: the column of each left-padded prompt row [B, P] that C is inserted before."""
+        pads = leading_pads(prompt_mask)
+        if self.position == "prefix":
+            return pads
+        if self.position == "after_first":
+            return (pads + 1).clamp(max=prompt_mask.shape[1])
+        return torch.full_like(pads, prompt_mask.shape[1])  # suffix: after the last prompt token
+
+    def reference_context(self, context: Tensor) -> Tensor | None:
+        """What the reference policy (and the no-C reward) sees instead of C: zeros, or no tokens."""
+        return torch.zeros_like(context) if self.reference == "zeros" else None
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
@@ -19,18 +65,17 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def insert_context(embeds: Tensor, attention_mask: Tensor, context: Tensor, num_pads: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Insert context [B, m, D] into left-padded embeds [B, L, D] right after each row's pads.
-
-    num_pads [B]: leading pad count of each row. Returns embeds [B, L+m, D], the attention mask
-    [B, L+m] (context attended) and position ids [B, L+m].
+def insert_context(embeds: Tensor, attention_mask: Tensor, context: Tensor, slot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Insert context [B, m, D] into left-padded embeds [B, L, D] before column slot[b] of each row
+    (`ContextLayout.slot`). Returns embeds [B, L+m, D], the attention mask [B, L+m] (context
+    attended) and position ids [B, L+m].
     """
     B, L, _ = embeds.shape
     m = context.shape[1]
     if context.shape[0] != B:
         raise ValueError(f"context has {context.shape[0]} rows for a batch of {B}")
     j = torch.arange(L + m, device=embeds.device).unsqueeze(0)  # [1, L+m] target positions
-    p = num_pads.to(embeds.device).unsqueeze(1)  # [B, 1]
+    p = slot.to(embeds.device).unsqueeze(1)  # [B, 1]
     # target j takes token j (j < p), context j - p (p <= j < p + m), or token j - m (after the context)
     source = torch.where(j < p, j, torch.where(j < p + m, L + (j - p), j - m))  # index into [tokens | context]
     pool = torch.cat([embeds, context.to(embeds.dtype)], dim=1)  # [B, L+m, D]
@@ -53,30 +98,29 @@ def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[in
 
 
 def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None,
-                          eos_ids: list[int], **generate_kwargs) -> list[list[int]]:
-    """New tokens generated from [pads][C][prompt] (left-padded ids/mask [B, P], context [B, m, D];
-    None: the plain prompt), each row cut after its first EOS.
+                          eos_ids: list[int], layout: ContextLayout, **generate_kwargs) -> list[list[int]]:
+    """New tokens generated from the prompt with C placed as `layout` says (left-padded ids/mask
+    [B, P], context [B, m, D]; None: the plain prompt), each row cut after its first EOS.
 
     A GRPO batch holds each prompt G times: the prompt is run once per distinct row, its KV cache
-    copied to the G rows, and `generate` goes on from the cache (its positions come from the mask,
-    as in `positions_from_mask`). HF `generate` would prefill every copy. (In train mode the G copies
-    thus share the LoRA-dropout mask of the prompt's positions.)
+    copied to the G rows, and `generate` goes on from the cache with the last input position (its
+    positions come from the mask, as in `positions_from_mask`). HF `generate` would prefill every
+    copy. (In train mode the G copies thus share the LoRA-dropout mask of the prompt's positions.)
     """
     if ids.shape[1] == 1 and context is None:  # nothing to prefill
         return cut_at_eos(model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, 1:], eos_ids)
     with torch.no_grad():
         embeds = model.get_input_embeddings()(ids)
         if context is not None:
-            embeds, mask, _ = insert_context(embeds, mask, context.to(ids.device), leading_pads(mask))
+            embeds, mask, _ = insert_context(embeds, mask, context.to(ids.device), layout.slot(mask))
         first, copies = distinct_rows(ids, context)
         prefix_mask = mask[first, :-1]
         cache = model(inputs_embeds=embeds[first, :-1], attention_mask=prefix_mask,
                       position_ids=positions_from_mask(prefix_mask), use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_select_indices(copies.to(ids.device))
-        input_ids = ids.new_zeros(mask.shape)  # only the last column is read: the rest is in the cache
-        input_ids[:, -1] = ids[:, -1]
-        out = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
-    return cut_at_eos(out[:, mask.shape[1]:], eos_ids)
+        # with inputs_embeds, generate feeds only the uncached last position and returns only new tokens
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, **generate_kwargs)
+    return cut_at_eos(out, eos_ids)
 
 
 def distinct_rows(ids: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -38,6 +38,8 @@ from musketeers.errors import MusketeersError
 if TYPE_CHECKING:  # torch is imported where it is used: registering the CLI command stays fast
     import torch
 
+    from musketeers.context import ContextLayout
+
 CONFIG_FILE = "config.yaml"
 DEFAULT_BATCH_SIZE = 16
 
@@ -106,9 +108,10 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
 
 
-def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tensor | None, max_new_tokens: int) -> list[str]:
+def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tensor | None, max_new_tokens: int,
+                       layout: ContextLayout) -> list[str]:
     """Greedy completions (decoded, special tokens dropped, as TRL decodes them) of prompt strings,
-    tokenized as TRL tokenizes them."""
+    tokenized as TRL tokenizes them, with C placed as `layout` says."""
     import torch
     from transformers import GenerationConfig
     from trl.trainer.utils import pad
@@ -122,7 +125,7 @@ def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tens
     eos = eos_token_ids(model, tokenizer)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=eos, bos_token_id=tokenizer.bos_token_id)
-    completion_ids = generate_with_context(model, ids, mask, context, eos, generation_config=config)
+    completion_ids = generate_with_context(model, ids, mask, context, eos, layout, generation_config=config)
     return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
 
 
@@ -177,7 +180,8 @@ class Evaluator:
 
         cond = self.conditioner.prepare(questions, training=False)
         prompts = cond.prompts or [build_prompt(q, self.tokenizer, self.cfg.task) for q in questions]
-        return greedy_completions(self.model, self.tokenizer, prompts, cond.context, self.cfg.training.max_completion_length)
+        return greedy_completions(self.model, self.tokenizer, prompts, cond.context, self.cfg.training.max_completion_length,
+                                  self.conditioner.layout)
 
     def close(self) -> None:
         if self.conditioner.pool is not None:

@@ -419,7 +419,7 @@ def plot_without_context(task: str, groups: list[Group], path: Path) -> str | No
         steps, without = _matrix(g.runs, "reward_without_context")
         with_c = np.array([[r.series("reward").get(int(s), np.nan) for s in steps] for r in g.runs])
         _band(ax, steps, with_c, f"{g.label}: with C", marker="o")
-        _band(ax, steps, without, f"{g.label}: without C (zeros)", linestyle="--", marker="x")
+        _band(ax, steps, without, f"{g.label}: without C", linestyle="--", marker="x")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward (training)")
     ax.legend(fontsize=7)

@@ -5,11 +5,12 @@ objective with the KL term). We override only what the context tokens touch:
 
   1. _generate_and_score_completions  experts -> adapter -> C (no grad) before TRL's step; store
                                       the expert states so the loss pass can rebuild C with grad
-  2. _generate_single_turn            generate from [pads][C][prompt], one prefill per distinct
-                                      prompt (all methods)
-  3. _get_per_token_logps_and_entropies  every log-prob pass sees [pads][C][prompt][completion];
-                                      the reference pass (LoRA disabled) sees zeros where C sits;
-                                      only completion positions reach the LM head (all methods)
+  2. _generate_single_turn            generate from the prompt with C placed as conditioner.layout
+                                      says, one prefill per distinct prompt (all methods)
+  3. _get_per_token_logps_and_entropies  every log-prob pass sees the same layout plus the completion;
+                                      the reference pass (LoRA disabled) sees what the layout's
+                                      reference says (zeros where C sits, or no C); only completion
+                                      positions reach the LM head (all methods)
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
   5. create_optimizer                 the adapter is its own parameter group with router_lr
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
@@ -30,7 +31,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from musketeers.conditioning import Conditioner
-from musketeers.context import generate_with_context, insert_context, leading_pads
+from musketeers.context import generate_with_context, insert_context
 
 ADAPTER_FILE = "context_adapter.safetensors"
 
@@ -124,14 +125,15 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         return result
 
     def _generate_with_context(self, prompt_ids: list[list[int]], context: torch.Tensor | None) -> list[list[int]]:
-        """Sample completions from [pads][C][prompt] ([pads][prompt] without C); each ends at its first EOS (kept)."""
+        """Sample completions from the prompt with C in it (the plain prompt without C); each ends at its first EOS (kept)."""
         device = self.accelerator.device
         ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left").to(device)
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                          generation_kwargs=self.generation_kwargs,
                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model:
-            return generate_with_context(model, ids, mask, context, self.eos_token_ids, generation_config=self.generation_config)
+            return generate_with_context(model, ids, mask, context, self.eos_token_ids, self.conditioner.layout,
+                                         generation_config=self.generation_config)
 
     # ------------------------------------------------------------------------- 3. log-probs
 
@@ -154,18 +156,18 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         return self._lora_layer is not None and self._lora_layer.disable_adapters
 
     def _completion_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
-        """Log-probs (and entropies) of the last `logits_to_keep` tokens of [pads][C][prompt][completion].
+        """Log-probs (and entropies) of the last `logits_to_keep` tokens of [prompt with C][completion].
 
         TRL's fused LM head, as in its own pass; only the completion's hidden states reach it (TRL
         projects every position where Triton is missing, e.g. on CPU, 3-4x the head's work here).
         """
-        context = self._context
+        context, layout = self._context, self.conditioner.layout
+        if context is not None and self._reference_pass():
+            context = layout.reference_context(context)  # zeros at the same positions, or no C
         if context is not None:
             if context.shape[0] != input_ids.shape[0]:
                 raise RuntimeError(f"context has {context.shape[0]} rows, the log-prob batch {input_ids.shape[0]}")
-            if self._reference_pass():
-                context = torch.zeros_like(context)  # paper section 4.1: zero-valued C at the same positions
-            num_pads = leading_pads(attention_mask[:, :-logits_to_keep])
+            slots = layout.slot(attention_mask[:, :-logits_to_keep])
         unwrapped = self.accelerator.unwrap_model(model)
         batch_size = batch_size or input_ids.shape[0]
         logps, entropies = [], []
@@ -177,7 +179,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
                 inputs = {"input_ids": ids, "attention_mask": mask}
             else:
                 embeds, full_mask, positions = insert_context(unwrapped.get_input_embeddings()(ids), mask,
-                                                              context[s : s + batch_size], num_pads[s : s + batch_size])
+                                                              context[s : s + batch_size], slots[s : s + batch_size])
                 inputs = {"inputs_embeds": embeds, "attention_mask": full_mask, "position_ids": positions}
             with self.accelerator.autocast(), last_hidden_states_only(unwrapped, logits_to_keep + 1):
                 out = model(**inputs, labels=labels, fused_lm_head=True)
@@ -206,10 +208,11 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         return k > 0 and self.conditioner.uses_context and self.state.global_step % k == 0
 
     def _reward_without_context(self, inputs) -> float:
-        """Mean accuracy of completions sampled with zeros in place of C (logged, not trained on)."""
+        """Mean accuracy of completions sampled as the reference is conditioned (zeros in place of C, or
+        no C: training.reference_context); logged, not trained on."""
         prompts = [x["prompt"] for x in inputs]
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        completion_ids = self._generate_with_context(prompt_ids, torch.zeros_like(self._context))
+        completion_ids = self._generate_with_context(prompt_ids, self.conditioner.layout.reference_context(self._context))
         completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion")}
         rewards = self.reward_funcs[0](prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)

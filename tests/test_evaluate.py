@@ -155,5 +155,6 @@ def test_greedy_generation_with_context_matches_the_trainers(tmp_path):
     context = torch.randn(2, 4, trainer.model.get_input_embeddings().weight.shape[1])
     expected = trainer._generate_with_context(prompt_ids, context)
     tokenizer = trainer.processing_class
-    got = ev.greedy_completions(trainer.model, tokenizer, prompts, context, trainer.generation_config.max_new_tokens)
+    got = ev.greedy_completions(trainer.model, tokenizer, prompts, context, trainer.generation_config.max_new_tokens,
+                                trainer.conditioner.layout)
     assert got == tokenizer.batch_decode(expected, skip_special_tokens=True)

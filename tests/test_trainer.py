@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from musketeers import train as train_module
-from musketeers.config import load_run_config
+from musketeers.config import CONTEXT_POSITIONS, load_run_config
 from musketeers.train import build_trainer, read_metrics, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -58,16 +58,17 @@ def test_overridden_trl_methods_keep_their_signatures():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
 
 
-def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, monkeypatch):
-    trainer = build_trainer(tiny_config(tmp_path), tmp_path)
+@pytest.mark.parametrize("position", CONTEXT_POSITIONS)
+def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, monkeypatch, position):
+    trainer = build_trainer(tiny_config(tmp_path, f"adapter.context_position={position}"), tmp_path)
     seen = []
     import musketeers.trainer as trainer_module
 
     original = trainer_module.insert_context
 
-    def spy(embeds, mask, context, pads):
+    def spy(embeds, mask, context, slot):
         seen.append((trainer._reference_pass(), context.detach().clone()))
-        return original(embeds, mask, context, pads)
+        return original(embeds, mask, context, slot)
 
     import musketeers.context as context_module
 
@@ -95,20 +96,38 @@ def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, mo
     assert kl < 1e-7 and max(trainer._metrics["train"]["kl"], default=0.0) < 1e-7
 
 
-def test_generation_and_logprob_passes_share_the_layout(tmp_path):
-    """Tokens sampled from [pads][C][prompt] get, in the log-prob pass, the log-probs they were sampled with."""
-    trainer = build_trainer(tiny_config(tmp_path, "training.temperature=1.0"), tmp_path)
+def test_reference_none_sees_the_plain_prompt(tmp_path, monkeypatch):
+    """training.reference_context=none: the reference pass and the no-C reward see no context tokens,
+    and the reference log-probs are the base policy's on the prompt alone (eq. 4 read literally)."""
+    trainer = build_trainer(tiny_config(tmp_path, "training.reference_context=none", "training.no_context_reward_every=1"), tmp_path)
+    contexts = []
+    original = trainer._generate_with_context
+    monkeypatch.setattr(trainer, "_generate_with_context", lambda ids, c: contexts.append(c) or original(ids, c))
+    output = trainer._generate_and_score_completions(first_batch(trainer))
+    assert contexts[0] is not None and contexts[1] is None  # sampling with C, then the no-C reward without
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
+    with torch.no_grad(), trainer._context_as(None):
+        plain, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, output["completion_ids"].shape[1])
+    valid = output["completion_mask"].bool()
+    assert torch.allclose(output["ref_per_token_logps"][valid], plain[valid], atol=1e-6)
+
+
+@pytest.mark.parametrize("position", CONTEXT_POSITIONS)
+def test_generation_and_logprob_passes_share_the_layout(tmp_path, position):
+    """Tokens sampled from the prompt with C get, in the log-prob pass, the log-probs they were sampled with."""
+    trainer = build_trainer(tiny_config(tmp_path, "training.temperature=1.0", f"adapter.context_position={position}"), tmp_path)
     prompts = ["User: 1 + 2 = ?\nAssistant: ", "User: a much longer question about 7 - 3 = ?\nAssistant: "]
     prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
     context = torch.randn(2, 4, trainer.model.get_input_embeddings().weight.shape[1])
     torch.manual_seed(0)
-    from musketeers.context import insert_context, leading_pads
+    from musketeers.context import insert_context
     from trl.trainer.utils import pad
 
     model = trainer.model
     ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=trainer._tokenizer.pad_token_id, padding_side="left")
     mask = (pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left"))
-    embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context, leading_pads(mask))
+    embeds, full_mask, _ = insert_context(model.get_input_embeddings()(ids), mask, context, trainer.conditioner.layout.slot(mask))
     with torch.no_grad():
         out = model.generate(inputs_embeds=embeds, attention_mask=full_mask, max_new_tokens=5, do_sample=True,
                              min_new_tokens=5, output_logits=True, return_dict_in_generate=True)
@@ -124,7 +143,7 @@ def test_logprob_pass_scores_only_completions_and_equals_full_logits(tmp_path, m
     TRL's own pass (no C) and a plain full-logits forward (with C), padding and micro-batches included."""
     from trl import GRPOTrainer
 
-    from musketeers.context import insert_context, leading_pads
+    from musketeers.context import insert_context
 
     trainer = build_trainer(tiny_config(tmp_path, "training.temperature=0.7"), tmp_path)
     model, vocab = trainer.model, trainer.model.get_input_embeddings().weight.shape[0]
@@ -153,7 +172,8 @@ def test_logprob_pass_scores_only_completions_and_equals_full_logits(tmp_path, m
         assert a.shape == (4, 4) and torch.allclose(a[valid], b[valid], atol=1e-5)
 
     context = torch.randn(4, 3, model.get_input_embeddings().weight.shape[1])
-    embeds, full_mask, positions = insert_context(model.get_input_embeddings()(ids), mask, context, leading_pads(mask[:, :-4]))
+    embeds, full_mask, positions = insert_context(model.get_input_embeddings()(ids), mask, context,
+                                                  trainer.conditioner.layout.slot(mask[:, :-4]))
     with torch.no_grad(), trainer._context_as(context):
         logps, entropy, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 4, compute_entropy=True)
         logits = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions).logits[:, -5:-1] / 0.7
