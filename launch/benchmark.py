@@ -165,13 +165,14 @@ def build_trainer(key: str, args, out_dir: Path):
     from trl import GRPOTrainer
 
     from musketeers import train as recipe
+    from musketeers.conditioning import build_conditioner
     from musketeers.trainer import MusketeersGRPOTrainer
 
     cfg = run_config(key, args)
     set_seed(cfg.seed)
     with torch.device(args.device):  # random weights are initialised on the device directly
         policy, tokenizer, lora = recipe.build_policy(cfg)
-        conditioner = recipe.build_conditioner(cfg, policy, tokenizer) if key != "a" else None
+        conditioner = build_conditioner(cfg, policy.get_input_embeddings().weight.shape[1], tokenizer, args.device) if key != "a" else None
     grpo = recipe.grpo_config(cfg, out_dir / key)
     grpo.generation_kwargs = {"min_new_tokens": args.max_tokens}  # every completion has exactly max_tokens
     grpo.disable_tqdm = True

@@ -173,7 +173,8 @@ def main(argv=None) -> None:
     from musketeers.context import ContextLayout
     from musketeers.data import build_prompt, load_split
     from musketeers.evaluate import eos_token_ids
-    from musketeers.train import build_conditioner, build_policy
+    from musketeers.conditioning import build_conditioner
+    from musketeers.train import build_policy
 
     cache = tempfile.mkdtemp(prefix="step0-states-")
     cfg = load_run_config(args.task, [f"method={args.method}", "team.backend=local", f"team.cache_dir={cache}", *args.overrides])
@@ -183,7 +184,7 @@ def main(argv=None) -> None:
     model, tokenizer, _ = build_policy(cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    conditioner = build_conditioner(cfg, model, tokenizer)
+    conditioner = build_conditioner(cfg, model.get_input_embeddings().weight.shape[1], tokenizer)
     model.eval()
     conditioner.adapter.eval()
     eos = eos_token_ids(model, tokenizer)

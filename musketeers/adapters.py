@@ -4,7 +4,8 @@ Methods (DESIGN.md section 1):
 - PerceiverAdapter: the paper's method, latent queries cross-attend over the experts (eqs. 6-11, 16).
 - FFNAdapter: "without cross-attention" baseline, one token per expert (eq. 14).
 - HardRouter: top-1 routing from a frozen sentence encoder, one memory token (eq. 13).
-- text_hints / single: no trainable parameters, build_adapter returns None.
+- text_hints / single: no trainable parameters.
+Which method builds which adapter: musketeers/methods.py.
 
 Every adapter returns an AdapterOutput whose `.context` [B, m, out_dim] goes in front of the prompt.
 Linear maps that the equations write without a bias (W_i, W_Q, W_K, W_V, W_1, W_2) have none; the
@@ -20,8 +21,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-
-from musketeers.config import METHODS  # the one list of methods
 
 # W_out ~ N(0, std^2). C' is tanh-bounded (|C'| <= 1), so |C| <= ~4 * sqrt(d) * std over all
 # entries even with saturated C': 4 * sqrt(512) * 1e-6 ~ 1e-4, far below 1e-3 x an embedding row
@@ -76,9 +75,6 @@ class _Adapter(nn.Module):
     @property
     def num_experts(self) -> int:
         return len(self.expert_dims)
-
-    def num_trainable_parameters(self) -> int:
-        return count_trainable(self)
 
     def _check_state(self, i: int, h: Tensor, rows: int | None = None) -> Tensor:
         """Validate expert i's states [B, d_i]; cast to the adapter's dtype and device."""
@@ -195,11 +191,6 @@ class HardRouter(_Adapter):
         chosen = one_hot.detach().argmax(-1)
         return {int(i): (chosen == i).nonzero().flatten() for i in chosen.unique()}
 
-    @staticmethod
-    def take_selected(one_hot: Tensor, all_states: list[Tensor]) -> dict[int, Tensor]:
-        """Convenience when every expert's [B, d_i] states exist anyway: keep the chosen rows."""
-        return {i: all_states[i][rows.to(all_states[i].device)] for i, rows in HardRouter.groups(one_hot).items()}
-
     def forward(self, one_hot: Tensor, states: dict[int, Tensor],
                 router_logits: Tensor | None = None) -> AdapterOutput:
         """one_hot [B, n] from select(); states[i]: [k_i, d_i] for the rows groups() gave expert i."""
@@ -217,20 +208,3 @@ class HardRouter(_Adapter):
         weight = (one_hot.to(device=w.device, dtype=w.dtype) * one_hot.detach().to(w.device)).sum(-1, keepdim=True)
         context = (token * weight).unsqueeze(1)              # x 1.0 in value, routes grads to the router
         return AdapterOutput(context=context, selection=one_hot, router_logits=router_logits)
-
-
-def build_adapter(method: str, expert_dims: list[int], out_dim: int, *, latent_dim: int = 512,
-                  num_queries: int = 8, num_heads: int = 8, encoder_dim: int | None = None,
-                  gumbel_temperature: float = 1.0) -> nn.Module | None:
-    """The trainable g_phi for a method, or None for methods without one (text_hints, single)."""
-    if method == "perceiver":
-        return PerceiverAdapter(expert_dims, out_dim, latent_dim, num_queries, num_heads)
-    if method == "ffn":
-        return FFNAdapter(expert_dims, out_dim, latent_dim)
-    if method == "hard_routing":
-        if encoder_dim is None:
-            raise ValueError("hard_routing needs encoder_dim (the sentence encoder's embedding size)")
-        return HardRouter(encoder_dim, expert_dims, out_dim, latent_dim, gumbel_temperature)
-    if method in ("text_hints", "single"):
-        return None
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")

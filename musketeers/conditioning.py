@@ -1,13 +1,14 @@
 """From a batch of questions to what the policy is conditioned on, for every method.
 
-    conditioner = Conditioner(cfg, pool, adapter, encoder, policy_tokenizer)
+    conditioner = build_conditioner(cfg, policy_dim, policy_tokenizer)  # pool, g_phi, encoder
     cond = conditioner.prepare(questions, training=True)   # experts run here, no gradients
     cond.context        # [B, m, D] context tokens C for generation (None: no context tokens)
-    conditioner.layout  # where C sits in the prompt, what the reference sees instead (context.py)
     cond.prompts        # rewritten prompts (text_hints), else None
-    cond.stored         # tensors that let the loss pass rebuild C with gradients
+    cond.stored         # typed tensors that let the loss pass rebuild C with gradients
     conditioner.context(cond.stored, training=True)         # C again, differentiable in phi
+    conditioner.layout  # where C sits in the prompt, what the reference sees instead (context.py)
 
+What each method does is in musketeers/methods.py; this module runs it and logs its routing.
 Experts are frozen and their pooled states depend only on (expert, pooling, prompt), so they are
 computed once, here; the loss pass recomputes only the adapter from the stored states.
 """
@@ -15,27 +16,14 @@ computed once, here; the loss pass recomputes only the adapter from the stored s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from musketeers.adapters import HardRouter
 from musketeers.config import RunConfig
 from musketeers.context import ContextLayout
-from musketeers.data import build_prompt
+from musketeers.methods import METHODS, Conditioning, Method, RowTensors
 from musketeers.metrics import routing_entropy, selection_frequencies, utilisation
-
-CONTEXT_METHODS = ("perceiver", "ffn", "hard_routing")
-ROUTING_KEYS = ("router_input", "gumbel_noise", "selected_state")  # stored by hard routing
-
-
-@dataclass
-class Conditioning:
-    context: Tensor | None = None
-    prompts: list[str] | None = None
-    stored: dict[str, Tensor] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class SentenceEncoder(nn.Module):
@@ -58,24 +46,25 @@ class SentenceEncoder(nn.Module):
 
 
 class Conditioner:
-    """Owns the method's pieces: the expert pool, the trainable adapter g_phi, the router encoder."""
+    """Owns the method's pieces: the expert pool, the trainable adapter g_phi, the router encoder,
+    and where C sits in the prompt (`layout`)."""
 
     def __init__(self, cfg: RunConfig, pool=None, adapter: nn.Module | None = None,
                  encoder: SentenceEncoder | None = None, tokenizer=None):
-        self.method, self.task = cfg.method, cfg.task
-        self.hint_max_tokens = cfg.adapter.hint_max_tokens
+        self.method: Method = METHODS[cfg.method]
+        self.task, self.hint_max_tokens = cfg.task, cfg.adapter.hint_max_tokens
         self.pool, self.adapter, self.encoder, self.tokenizer = pool, adapter, encoder, tokenizer
-        self.layout = ContextLayout(cfg.adapter.context_position, cfg.training.reference_context)  # where C sits
+        self.layout = ContextLayout(cfg.adapter.context_position, cfg.training.reference_context)
         self.names = pool.names if pool is not None else []
         self.timings: dict[str, float] = {}
-        if self.method in CONTEXT_METHODS and adapter is None:
-            raise ValueError(f"method {self.method!r} needs an adapter")
-        if self.method == "hard_routing" and encoder is None:
-            raise ValueError("method 'hard_routing' needs a sentence encoder")
+        if self.method.context_tokens and adapter is None:
+            raise ValueError(f"method {self.method.name!r} needs an adapter")
+        if self.method.encoder and encoder is None:
+            raise ValueError(f"method {self.method.name!r} needs a sentence encoder")
 
     @property
     def uses_context(self) -> bool:
-        return self.method in CONTEXT_METHODS
+        return self.method.context_tokens
 
     @property
     def device(self) -> torch.device:
@@ -84,61 +73,18 @@ class Conditioner:
     def prepare(self, questions: list[str], training: bool) -> Conditioning:
         """Run the experts (no gradients) and build the generation-time conditioning."""
         start = time.perf_counter()
-        if self.method == "single":
-            cond = Conditioning()
-        elif self.method == "text_hints":
-            cond = self._hints(questions)
-        elif self.method == "hard_routing":
-            cond = self._hard_routing(questions, training)
-        else:
-            states = self.pool.encode(questions)
-            cond = Conditioning(stored={f"expert_state_{i}": s.to(self.device) for i, s in enumerate(states)})
+        cond = self.method.prepare(self, questions, training)
         if self.uses_context:
             with torch.no_grad():
-                out = self._adapter_output(cond.stored, training)
+                out = self.method.adapter_output(self.adapter, cond.stored, training)
             cond.context = out.context
             cond.metrics.update(self._routing_metrics(out))
         self.timings["experts"] = time.perf_counter() - start
         return cond
 
-    @staticmethod
-    def stored_part(batch: dict) -> dict[str, Tensor]:
-        """The tensors prepare() stored, picked out of a (split, shuffled) training batch."""
-        return {k: v for k, v in batch.items() if k in ROUTING_KEYS or k.startswith("expert_state_")}
-
-    def context(self, stored: dict[str, Tensor], training: bool) -> Tensor:
-        """C from the stored expert states, differentiable in the adapter's parameters."""
-        return self._adapter_output(stored, training).context
-
-    # ------------------------------------------------------------------------- methods
-
-    def _adapter_output(self, stored: dict[str, Tensor], training: bool):
-        if self.method != "hard_routing":
-            return self.adapter([stored[f"expert_state_{i}"] for i in range(len(self.names))])
-        noise = stored["gumbel_noise"] if training else None
-        one_hot, logits = self.adapter.select(stored["router_input"], training=training, noise=noise)
-        selected = stored["selected_state"]
-        states = {i: selected[rows, : self.adapter.expert_dims[i]] for i, rows in HardRouter.groups(one_hot).items()}
-        return self.adapter(one_hot, states, logits)
-
-    def _hard_routing(self, questions: list[str], training: bool) -> Conditioning:
-        """Route each question to one expert; only that expert runs for it (eq. 13)."""
-        embeddings = self.encoder(questions).to(self.device)
-        noise = HardRouter.sample_noise((len(questions), len(self.names)), self.device)
-        with torch.no_grad():
-            one_hot, _ = self.adapter.select(embeddings, training=training, noise=noise)
-        selected = torch.zeros(len(questions), max(self.adapter.expert_dims), device=self.device)
-        for i, rows in HardRouter.groups(one_hot).items():
-            states = self.pool.encode_expert(i, [questions[r] for r in rows.tolist()])
-            selected[rows, : states.shape[1]] = states.to(self.device)
-        return Conditioning(stored={"router_input": embeddings, "gumbel_noise": noise, "selected_state": selected})
-
-    def _hints(self, questions: list[str]) -> Conditioning:
-        """Each expert writes a hint of at most hint_max_tokens; hints go verbatim into the prompt (eq. 12)."""
-        unique = list(dict.fromkeys(questions))
-        hints = self.pool.generate_hints(unique, self.hint_max_tokens)  # [expert][question]
-        by_question = {q: [(name, hints[e][k]) for e, name in enumerate(self.names)] for k, q in enumerate(unique)}
-        return Conditioning(prompts=[build_prompt(q, self.tokenizer, self.task, by_question[q]) for q in questions])
+    def context(self, stored: RowTensors, training: bool) -> Tensor:
+        """C from the stored tensors, differentiable in the adapter's parameters."""
+        return self.method.adapter_output(self.adapter, stored, training).context
 
     def _routing_metrics(self, out) -> dict[str, float]:
         if out.attention is not None:  # eq. 15
@@ -150,3 +96,20 @@ class Conditioner:
             f = selection_frequencies(out.selection)
             return {f"routing/frequency/{name}": float(f[i]) for i, name in enumerate(self.names)}
         return {}
+
+
+def build_conditioner(cfg: RunConfig, policy_dim: int, tokenizer, device: str | torch.device = "cpu") -> Conditioner:
+    """Expert pool, adapter g_phi and router encoder for the configured method (policy_dim: the
+    policy's embedding size, the width of C)."""
+    method = METHODS[cfg.method]
+    if not method.experts:
+        return Conditioner(cfg, tokenizer=tokenizer)
+    from experts.pool import ExpertPool
+    from musketeers.models import load_model
+
+    pool = ExpertPool(cfg.team, cfg.task, seed=cfg.seed)
+    encoder = None
+    if method.encoder:
+        encoder = SentenceEncoder(*load_model(cfg.adapter.router_encoder, causal_lm=False, device=device))
+    adapter = method.build_adapter(pool.hidden_sizes, policy_dim, cfg.adapter, encoder.dim if encoder else None)
+    return Conditioner(cfg, pool, adapter, encoder, tokenizer)

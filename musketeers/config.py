@@ -23,10 +23,10 @@ from typing import Any, Literal
 import yaml
 
 from musketeers.errors import MusketeersError
+from musketeers.methods import METHODS  # the one registry of methods
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
-METHODS = ("perceiver", "ffn", "hard_routing", "text_hints", "single")
 POOLINGS = ("last_token", "first_token", "random_token", "first_layer", "random_layer")
 CONTEXT_POSITIONS = ("after_first", "prefix", "suffix")  # where C sits in the prompt: musketeers/context.py
 REFERENCE_CONTEXTS = ("zeros", "none")  # what the KL reference sees where C sits: musketeers/context.py
@@ -145,7 +145,7 @@ class RewardConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    method: Literal[METHODS] = "perceiver"
+    method: Literal[tuple(METHODS)] = "perceiver"
     team: TeamConfig = field(default_factory=TeamConfig)
     output_dir: str = "runs"
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -436,7 +436,7 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
         if getattr(task, key) < 1:
             fail(f"task.{key}", "must be at least 1")
 
-    if cfg.method != "single" and not cfg.team.experts:
+    if METHODS[cfg.method].experts and not cfg.team.experts:
         fail("team.experts", f"method {cfg.method!r} needs at least one expert")
     names = [e.name for e in cfg.team.experts]
     if len(set(names)) != len(names):
@@ -491,7 +491,7 @@ def _validate_models(cfg: RunConfig, fail: typing.Callable[[str, str], typing.No
 
     refs = [("policy.model", cfg.policy.model)]
     refs += [(f"team.experts[{i}].model", e.model) for i, e in enumerate(cfg.team.experts)]
-    if cfg.method == "hard_routing":
+    if METHODS[cfg.method].encoder:
         refs.append(("adapter.router_encoder", cfg.adapter.router_encoder))
     for key, ref in refs:
         try:

@@ -138,14 +138,16 @@ class Evaluator:
     def __init__(self, cfg: RunConfig, checkpoint: Path | None, baseline: bool = False):
         from transformers import set_seed
 
-        from musketeers.train import build_conditioner, build_policy
+        from musketeers.conditioning import build_conditioner
+        from musketeers.train import build_policy
 
         self.cfg = cfg
         set_seed(cfg.seed)  # same order as train(): the adapter gets the run's initial weights
         policy, self.tokenizer, _ = build_policy(cfg)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.conditioner = build_conditioner(cfg, policy, self.tokenizer)
+        embeddings = policy.get_input_embeddings().weight
+        self.conditioner = build_conditioner(cfg, embeddings.shape[1], self.tokenizer, embeddings.device)
         try:
             self.model = (policy if baseline else self._load_trained(policy, checkpoint)).eval()
             self._to_device()

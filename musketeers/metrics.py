@@ -35,13 +35,6 @@ def utilisation(attention: Tensor) -> Tensor:
     return _rows(attention).mean(0).float()
 
 
-def utilisation_change(current: Tensor, initial: Tensor) -> Tensor:
-    """Change of utilisation since initialisation, u_i(now) - u_i(step 0) -> [n]."""
-    if current.shape != initial.shape:
-        raise ValueError(f"utilisation shapes differ: {tuple(current.shape)} vs {tuple(initial.shape)}")
-    return current.detach().float() - initial.detach().float().to(current.device)
-
-
 def selection_frequencies(one_hot: Tensor) -> Tensor:
     """Fraction of prompts that chose each expert under hard routing: [B, n] -> [n]."""
     if one_hot.dim() != 2:

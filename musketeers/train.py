@@ -21,8 +21,8 @@ import yaml
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from musketeers.adapters import build_adapter, count_trainable
-from musketeers.conditioning import Conditioner, SentenceEncoder
+from musketeers.adapters import count_trainable
+from musketeers.conditioning import build_conditioner
 from musketeers.config import ConfigError, RunConfig, load_resolved_config
 from musketeers.data import build_prompt, load_split
 from musketeers.models import load_model
@@ -63,16 +63,12 @@ class MetricsLogger(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
-def device_for_training() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def build_policy(cfg: RunConfig):
     """The policy model, its tokenizer and the LoRA config TRL wraps it with (TRL then takes the
     reference from the same model with LoRA disabled, instead of keeping an adapter copy)."""
     from peft import LoraConfig
 
-    model, tokenizer = load_model(cfg.policy.model, dtype=cfg.policy.dtype, device=device_for_training(),
+    model, tokenizer = load_model(cfg.policy.model, dtype=cfg.policy.dtype, device="auto",
                                   trust_remote_code=cfg.policy.trust_remote_code)
     lora = cfg.policy.lora
     modules = {name.split(".")[-1] for name, _ in model.named_modules()}
@@ -84,23 +80,6 @@ def build_policy(cfg: RunConfig):
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     tokenizer.padding_side = "left"
     return model, tokenizer, config
-
-
-def build_conditioner(cfg: RunConfig, policy, tokenizer) -> Conditioner:
-    """Expert pool, adapter g_phi and router encoder for the configured method."""
-    if cfg.method == "single":
-        return Conditioner(cfg, tokenizer=tokenizer)
-    from experts.pool import ExpertPool
-
-    pool = ExpertPool(cfg.team, cfg.task, seed=cfg.seed)
-    encoder = None
-    if cfg.method == "hard_routing":
-        encoder = SentenceEncoder(*load_model(cfg.adapter.router_encoder, causal_lm=False, device=device_for_training()))
-    a = cfg.adapter
-    adapter = build_adapter(cfg.method, pool.hidden_sizes, policy.get_input_embeddings().weight.shape[1],
-                            latent_dim=a.latent_dim, num_queries=a.num_queries, num_heads=a.num_heads,
-                            encoder_dim=encoder.dim if encoder else None, gumbel_temperature=a.gumbel_temperature)
-    return Conditioner(cfg, pool, adapter, encoder, tokenizer)
 
 
 def grpo_config(cfg: RunConfig, run_dir: Path):
@@ -143,7 +122,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
 
     set_seed(cfg.seed)
     policy, tokenizer, lora_config = build_policy(cfg)
-    conditioner = build_conditioner(cfg, policy, tokenizer)
+    embeddings = policy.get_input_embeddings().weight
+    conditioner = build_conditioner(cfg, embeddings.shape[1], tokenizer, embeddings.device)
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
     args = grpo_config(cfg, run_dir)
     args.reward_weights = weights

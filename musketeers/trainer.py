@@ -3,26 +3,30 @@
 TRL runs the GRPO iteration (sampling groups, rewards, group-normalised advantages, the clipped
 objective with the KL term). We override only what the context tokens touch:
 
-  1. _generate_and_score_completions  experts -> adapter -> C (no grad) before TRL's step; store
-                                      the expert states so the loss pass can rebuild C with grad
+  1. _generate_and_score_completions  experts -> adapter -> C (no grad) before TRL's step; the
+                                      method's stored tensors ride in TRL's batch dict (one typed
+                                      object under CONDITIONING_KEY) so the loss pass rebuilds C
   2. _generate_single_turn            generate from the prompt with C placed as conditioner.layout
                                       says, one prefill per distinct prompt (all methods)
   3. _get_per_token_logps_and_entropies  every log-prob pass sees the same layout plus the completion;
-                                      the reference pass (LoRA disabled) sees what the layout's
-                                      reference says (zeros where C sits, or no C); only completion
-                                      positions reach the LM head (all methods)
+                                      the reference pass (TRL hands it `ref_model`, a ReferencePolicy:
+                                      the policy with LoRA disabled) sees what the layout's reference
+                                      says (zeros where C sits, or no C); only completion positions
+                                      reach the LM head (all methods)
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
   5. create_optimizer                 the adapter is its own parameter group with router_lr
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
 
 With method "single" the passes are TRL's but faster (2, 3): the other overrides fall through.
+Everything the trainer keeps beyond TRL's own state is one `StepState` (self.step).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,8 +36,32 @@ from trl.trainer.utils import pad
 
 from musketeers.conditioning import Conditioner
 from musketeers.context import generate_with_context, insert_context
+from musketeers.methods import RowTensors
 
 ADAPTER_FILE = "context_adapter.safetensors"
+CONDITIONING_KEY = "conditioning"  # TRL batch-dict entry holding the method's stored RowTensors
+
+
+@dataclass
+class StepState:
+    """What the trainer keeps beyond TRL's state, for the generation round in progress.
+
+    context    C that generation and the log-prob passes see now (None: the plain prompt); the
+               loss pass sets it to C rebuilt with gradients, the reference pass to its reference
+    reference  True while the reference log-probs are computed (LoRA disabled)
+    timings    seconds per phase of this round: experts, generation, logprobs
+    pool_totals  the expert pool's forward and cache-hit counters at the end of the last round
+    """
+
+    context: torch.Tensor | None = None
+    reference: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    pool_totals: dict[str, int] = field(default_factory=dict)
+
+
+class ReferencePolicy:
+    """TRL's `ref_model` slot: TRL passes it to the log-prob pass for the KL reference, which then runs
+    the policy itself with LoRA disabled (so no second copy of the weights exists)."""
 
 
 @contextmanager
@@ -58,7 +86,11 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         self.conditioner, self.router_lr = conditioner, router_lr  # create_optimizer may run inside __init__
         super().__init__(*args, **kwargs)
         self.no_context_reward_every = no_context_reward_every
-        self._context: torch.Tensor | None = None  # C of the batch the next passes see
+        self.step = StepState()
+        if not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter") or "ref" in self.model.peft_config:
+            raise ValueError("pass the base policy with peft_config: the reference is the policy with LoRA disabled")
+        if self.beta != 0.0:
+            self.ref_model = ReferencePolicy()
         if conditioner.uses_context:
             if self.use_vllm:
                 raise ValueError("context tokens are injected as embeddings; use_vllm is not supported with them")
@@ -67,9 +99,6 @@ class MusketeersGRPOTrainer(GRPOTrainer):
             conditioner.adapter.to(self.accelerator.device)
             if conditioner.encoder is not None:
                 conditioner.encoder.to(self.accelerator.device)
-        self._lora_layer = next((m for m in self.model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters")), None)
-        if conditioner.uses_context and ("ref" in getattr(self.model, "peft_config", {}) or self._lora_layer is None):
-            raise ValueError("pass the base policy with peft_config: the reference must be the policy with LoRA disabled")
 
     # ------------------------------------------------------------------------- 1. experts -> C
 
@@ -78,25 +107,38 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         cond = self.conditioner.prepare([x["question"] for x in inputs], training=mode == "train")
         if cond.prompts is not None:  # text hints rewrite the prompt
             inputs = [{**x, "prompt": p} for x, p in zip(inputs, cond.prompts)]
-        self._timings = {"experts": self.conditioner.timings.get("experts", 0.0), "generation": 0.0, "logprobs": 0.0}
+        self.step.timings = {"experts": self.conditioner.timings.get("experts", 0.0), "generation": 0.0, "logprobs": 0.0}
         with self._context_as(cond.context):
             output = super()._generate_and_score_completions(inputs)
             if mode == "train" and self._no_context_reward_due():
                 self._metrics[mode]["reward_without_context"].append(self._reward_without_context(inputs))
-        output.update(cond.stored)
+        if cond.stored is not None:
+            output[CONDITIONING_KEY] = cond.stored
         for key, value in {**cond.metrics, **self._pool_metrics()}.items():
             self._metrics[mode][key].append(value)
-        for key, value in self._timings.items():
+        for key, value in self.step.timings.items():
             self._metrics[mode][f"time/{key}"].append(value)
         return output
 
     @contextmanager
     def _context_as(self, context: torch.Tensor | None):
-        previous, self._context = self._context, context
+        previous, self.step.context = self.step.context, context
         try:
             yield
         finally:
-            self._context = previous
+            self.step.context = previous
+
+    @contextmanager
+    def _reference_policy(self):
+        """The KL reference: the policy with LoRA disabled, conditioned as the layout's reference says."""
+        context = self.step.context
+        reference_context = None if context is None else self.conditioner.layout.reference_context(context)
+        self.step.reference = True
+        try:
+            with self.accelerator.unwrap_model(self.model).disable_adapter(), self._context_as(reference_context):
+                yield
+        finally:
+            self.step.reference = False
 
     def _pool_metrics(self) -> dict[str, float]:
         """Expert forwards and cache hits of this generation round (the pool counts since its start)."""
@@ -107,8 +149,8 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         for per_expert in pool.stats.values():
             totals["experts/forwards"] += per_expert.get("forwards", 0)
             totals["experts/cache_hits"] += per_expert.get("hits", 0)
-        previous = getattr(self, "_pool_totals", {k: 0 for k in totals})
-        self._pool_totals = totals
+        previous = self.step.pool_totals or {k: 0 for k in totals}
+        self.step.pool_totals = totals
         return {k: float(v - previous[k]) for k, v in totals.items()}
 
     # ------------------------------------------------------------------------- 2. generation
@@ -116,11 +158,11 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         start = time.perf_counter()
         if self.use_vllm or self.use_transformers_continuous_batching or images is not None or multimodal_fields:
-            if self._context is not None:
+            if self.step.context is not None:
                 raise ValueError("context tokens support plain HF generation of text prompts only")
             result = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         else:  # every method: one prefill per distinct prompt, not per completion
-            result = self._generate_with_context(prompt_ids, self._context), None
+            result = self._generate_with_context(prompt_ids, self.step.context), None
         self._add_time("generation", start)
         return result
 
@@ -140,20 +182,19 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **kwargs):
         start = time.perf_counter()
-        if compute_aux_loss or any(v is not None for v in kwargs.values()):  # MoE / multimodal: TRL's own pass
-            if self._context is not None:
-                raise ValueError("context tokens support text-only, dense policies")
-            result = super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **kwargs)
-        else:
-            result = self._completion_logps(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy)
+        reference = model is self.ref_model
+        with self._reference_policy() if reference else nullcontext():
+            model = self.model if reference else model
+            if compute_aux_loss or any(v is not None for v in kwargs.values()):  # MoE / multimodal: TRL's own pass
+                if self.step.context is not None:
+                    raise ValueError("context tokens support text-only, dense policies")
+                result = super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **kwargs)
+            else:
+                result = self._completion_logps(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy)
         if not torch.is_grad_enabled():
             self._add_time("logprobs", start)
         return result
-
-    def _reference_pass(self) -> bool:
-        """TRL takes reference log-probs from the policy with its LoRA disabled."""
-        return self._lora_layer is not None and self._lora_layer.disable_adapters
 
     def _completion_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
         """Log-probs (and entropies) of the last `logits_to_keep` tokens of [prompt with C][completion].
@@ -161,9 +202,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         TRL's fused LM head, as in its own pass; only the completion's hidden states reach it (TRL
         projects every position where Triton is missing, e.g. on CPU, 3-4x the head's work here).
         """
-        context, layout = self._context, self.conditioner.layout
-        if context is not None and self._reference_pass():
-            context = layout.reference_context(context)  # zeros at the same positions, or no C
+        context, layout = self.step.context, self.conditioner.layout
         if context is not None:
             if context.shape[0] != input_ids.shape[0]:
                 raise RuntimeError(f"context has {context.shape[0]} rows, the log-prob batch {input_ids.shape[0]}")
@@ -189,15 +228,15 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     def _add_time(self, key: str, start: float) -> None:
-        if hasattr(self, "_timings"):
-            self._timings[key] += time.perf_counter() - start
+        if key in self.step.timings:
+            self.step.timings[key] += time.perf_counter() - start
 
     # ------------------------------------------------------------------------- 4. loss
 
     def _compute_loss(self, model, inputs):
         if not self.conditioner.uses_context:
             return super()._compute_loss(model, inputs)
-        stored = self.conditioner.stored_part(inputs)
+        stored = RowTensors.collate(inputs[CONDITIONING_KEY])
         with self._context_as(self.conditioner.context(stored, training=model.training)):
             return super()._compute_loss(model, inputs)
 
@@ -212,7 +251,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         no C: training.reference_context); logged, not trained on."""
         prompts = [x["prompt"] for x in inputs]
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        completion_ids = self._generate_with_context(prompt_ids, self.conditioner.layout.reference_context(self._context))
+        completion_ids = self._generate_with_context(prompt_ids, self.conditioner.layout.reference_context(self.step.context))
         completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion")}
         rewards = self.reward_funcs[0](prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)

@@ -5,8 +5,7 @@ import warnings
 import pytest
 import torch
 
-from musketeers.metrics import (routing_entropy, selection_frequencies, spearman_rho, utilisation,
-                                utilisation_change)
+from musketeers.metrics import routing_entropy, selection_frequencies, spearman_rho, utilisation
 
 torch.set_num_threads(1)
 
@@ -39,13 +38,6 @@ def test_utilisation_sums_to_one_and_averages():
     torch.testing.assert_close(u, a.mean(dim=(0, 1)))
     a2 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])
     torch.testing.assert_close(utilisation(a2), torch.tensor([0.75, 0.25]))
-
-
-def test_utilisation_change():
-    change = utilisation_change(torch.tensor([0.5, 0.3, 0.2]), torch.tensor([1 / 3] * 3))
-    torch.testing.assert_close(change, torch.tensor([0.5 - 1 / 3, 0.3 - 1 / 3, 0.2 - 1 / 3]))
-    with pytest.raises(ValueError):
-        utilisation_change(torch.zeros(3), torch.zeros(4))
 
 
 def test_spearman_hand_computed():

@@ -8,6 +8,8 @@ import torch
 from musketeers import train as train_module
 from musketeers.config import CONTEXT_POSITIONS, load_run_config
 from musketeers.train import build_trainer, read_metrics, train
+from musketeers.methods import RowTensors
+from musketeers.trainer import CONDITIONING_KEY
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TASK = str(FIXTURES / "task_tiny.yaml")
@@ -58,6 +60,39 @@ def test_overridden_trl_methods_keep_their_signatures():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
 
 
+def test_trl_carries_the_stored_conditioning_through_its_shuffle_and_split(tmp_path, dense_reward):
+    """Behaviour behind the overrides: TRL's own _prepare_inputs (generate, shuffle, split into
+    micro-batches) hands the loss pass, for every row, the C that row was generated with, and the
+    first loss of an untrained policy logs a KL of ~0 against the reference."""
+    trainer = build_trainer(tiny_config(tmp_path), tmp_path)
+    trainer.model.train()
+    generated = {}
+    prepare = trainer.conditioner.prepare
+
+    def record(questions, training):
+        cond = prepare(questions, training)
+        for q, c in zip(questions, cond.context):
+            generated.setdefault(q, c.clone())
+        return cond
+
+    trainer.conditioner.prepare = record
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    rows_seen = 0
+    for _ in range(trainer.args.steps_per_generation):
+        micro = trainer._prepare_inputs(batch)  # TRL: generation round once, then its buffered micro-batches
+        trainer._step += 1
+        rebuilt = trainer.conditioner.context(RowTensors.collate(micro[CONDITIONING_KEY]), training=True)
+        prompts = trainer.processing_class.batch_decode(micro["prompt_ids"], skip_special_tokens=True)
+        for prompt, c in zip(prompts, rebuilt):
+            (question,) = [q for q in generated if q in prompt]
+            assert torch.allclose(c, generated[question], atol=1e-6)
+            rows_seen += 1
+        trainer.compute_loss(trainer.model, micro).backward()
+    assert rows_seen == len(batch) == trainer.num_generations * len(generated)  # every row, each prompt G times
+    assert max(trainer._metrics["train"]["kl"]) < 1e-7
+
+
 @pytest.mark.parametrize("position", CONTEXT_POSITIONS)
 def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, monkeypatch, position):
     trainer = build_trainer(tiny_config(tmp_path, f"adapter.context_position={position}"), tmp_path)
@@ -67,7 +102,7 @@ def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, mo
     original = trainer_module.insert_context
 
     def spy(embeds, mask, context, slot):
-        seen.append((trainer._reference_pass(), context.detach().clone()))
+        seen.append((trainer.step.reference, context.detach().clone()))
         return original(embeds, mask, context, slot)
 
     import musketeers.context as context_module
@@ -85,8 +120,7 @@ def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, mo
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
     valid = output["completion_mask"].bool()
-    stored = {k: v for k, v in output.items() if k.startswith("expert_state_")}
-    context = trainer.conditioner.context(stored, training=True).detach()
+    context = trainer.conditioner.context(output[CONDITIONING_KEY], training=True).detach()
     for c, tolerance in ((torch.zeros_like(context), 1e-6), (context, 1e-3)):
         with torch.no_grad(), trainer._context_as(c):
             logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, output["completion_ids"].shape[1])

@@ -1,0 +1,203 @@
+"""The methods the paper compares, one class each, in one registry (DESIGN.md section 1).
+
+A method declares what it needs and builds its conditioning through one signature:
+
+    method = METHODS[cfg.method]
+    method.experts, method.encoder, method.context_tokens   # needs the team / a sentence encoder; gives C
+    adapter = method.build_adapter(expert_dims, policy_dim, cfg.adapter, encoder_dim)   # g_phi, or None
+    cond = method.prepare(conditioner, questions, training)  # the experts run here, no gradients
+    out = method.adapter_output(adapter, cond.stored, training)  # C from the stored states, with gradients
+
+Adding a method is one class here and its line in METHODS; nothing else dispatches on its name.
+What a method stores for the loss pass is a typed `RowTensors` (one row per completion), carried
+through TRL's batch dict, which shuffles and splits it with the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:  # torch stays out of config loading: musketeers.config reads METHODS from here
+    from torch import Tensor, nn
+
+    from musketeers.adapters import AdapterOutput
+    from musketeers.conditioning import Conditioner
+    from musketeers.config import AdapterConfig
+
+
+# ----------------------------------------------------------------------------- what the loss pass gets
+
+
+class RowTensors:
+    """A dataclass of tensors (or tuples of tensors) with one row per completion.
+
+    TRL's batch dict shuffles a value that is not a tensor row by row (value[i], giving a list)
+    and splits it in slices (value[a:b], `ndim` > 0); `collate` turns either back into one object.
+    """
+
+    ndim = 1
+
+    def __len__(self) -> int:
+        first = getattr(self, dataclasses.fields(self)[0].name)
+        return len(first[0] if isinstance(first, tuple) else first)
+
+    def __getitem__(self, index) -> RowTensors:
+        def take(v):
+            return tuple(t[index] for t in v) if isinstance(v, tuple) else v[index]
+
+        return dataclasses.replace(self, **{f.name: take(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    @staticmethod
+    def collate(value: RowTensors | list[RowTensors]) -> RowTensors:
+        """One object from what TRL hands back: the object itself (split) or a list of rows (shuffled)."""
+        if not isinstance(value, list):
+            return value
+        import torch
+
+        def stack(vs):
+            return tuple(torch.stack(t) for t in zip(*vs)) if isinstance(vs[0], tuple) else torch.stack(vs)
+
+        names = [f.name for f in dataclasses.fields(value[0])]
+        return dataclasses.replace(value[0], **{n: stack([getattr(row, n) for row in value]) for n in names})
+
+
+@dataclass
+class ExpertStates(RowTensors):
+    """The pooled state h_i of every expert: states[i] is [rows, d_i]."""
+
+    states: tuple[Tensor, ...]
+
+
+@dataclass
+class RoutedState(RowTensors):
+    """Hard routing: the router's input, its Gumbel noise (so the loss pass makes the same choice) and
+    the chosen expert's state, zero-padded to the widest expert: [rows, e], [rows, n], [rows, max d_i]."""
+
+    router_input: Tensor
+    gumbel_noise: Tensor
+    selected_state: Tensor
+
+
+@dataclass
+class Conditioning:
+    """What a batch of questions conditions the policy on."""
+
+    context: Tensor | None = None      # [B, m, D] context tokens C for generation (None: no C)
+    prompts: list[str] | None = None   # rewritten prompts (text_hints), else None
+    stored: RowTensors | None = None   # what the loss pass rebuilds C from, with gradients
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+class Method:
+    name: ClassVar[str]
+    label: ClassVar[str]                  # as the paper's tables name it
+    experts: ClassVar[bool] = True        # runs the expert team
+    encoder: ClassVar[bool] = False       # a frozen sentence encoder reads the question (hard routing)
+    context_tokens: ClassVar[bool] = False  # a trainable g_phi gives the policy context tokens C
+
+    def build_adapter(self, expert_dims: list[int], out_dim: int, cfg: AdapterConfig,
+                      encoder_dim: int | None = None) -> nn.Module | None:
+        """The trainable g_phi, or None for methods without one."""
+        return None
+
+    def prepare(self, conditioner: Conditioner, questions: list[str], training: bool) -> Conditioning:
+        """Run what the method needs for these questions (no gradients); C is added by the conditioner."""
+        return Conditioning()
+
+    def adapter_output(self, adapter: nn.Module, stored: RowTensors, training: bool) -> AdapterOutput:
+        """C (and routing weights) from the stored tensors, differentiable in g_phi's parameters."""
+        raise NotImplementedError(f"method {self.name!r} has no context tokens")
+
+
+class Single(Method):
+    name, label, experts = "single", "single", False
+
+
+class TextHints(Method):
+    """Output-level collaboration (eq. 12): each expert writes a hint of at most hint_max_tokens; the
+    hints go verbatim into an "[Expert Hints]" block of the prompt. No trainable parameters."""
+
+    name, label = "text_hints", "output collaboration"
+
+    def prepare(self, conditioner, questions, training):
+        from musketeers.data import build_prompt
+
+        unique = list(dict.fromkeys(questions))
+        hints = conditioner.pool.generate_hints(unique, conditioner.hint_max_tokens)  # [expert][question]
+        names = conditioner.names
+        by_question = {q: [(name, hints[e][k]) for e, name in enumerate(names)] for k, q in enumerate(unique)}
+        return Conditioning(prompts=[build_prompt(q, conditioner.tokenizer, conditioner.task, by_question[q]) for q in questions])
+
+
+class Perceiver(Method):
+    """The paper's method: m latent queries cross-attend over the n expert states (eqs. 6-11, 16)."""
+
+    name, label, context_tokens = "perceiver", "perceiver", True
+
+    def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
+        from musketeers.adapters import PerceiverAdapter
+
+        return PerceiverAdapter(expert_dims, out_dim, cfg.latent_dim, cfg.num_queries, cfg.num_heads)
+
+    def prepare(self, conditioner, questions, training):
+        device = conditioner.device
+        return Conditioning(stored=ExpertStates(tuple(s.to(device) for s in conditioner.pool.encode(questions))))
+
+    def adapter_output(self, adapter, stored, training):
+        return adapter(list(stored.states))
+
+
+class FFN(Perceiver):
+    """Without cross-attention (eq. 14): one context token per expert, FFN(V)."""
+
+    name, label = "ffn", "w/o cross-attn"
+
+    def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
+        from musketeers.adapters import FFNAdapter
+
+        return FFNAdapter(expert_dims, out_dim, cfg.latent_dim)
+
+
+class HardRouting(Method):
+    """Top-1 routing (eq. 13): a sentence encoder and a router head pick one expert per question; only
+    that expert runs, and its state becomes one memory token."""
+
+    name, label, encoder, context_tokens = "hard_routing", "hard routing", True, True
+
+    def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
+        from musketeers.adapters import HardRouter
+
+        if encoder_dim is None:
+            raise ValueError("hard_routing needs encoder_dim (the sentence encoder's embedding size)")
+        return HardRouter(encoder_dim, expert_dims, out_dim, cfg.latent_dim, cfg.gumbel_temperature)
+
+    def prepare(self, conditioner, questions, training):
+        import torch
+
+        from musketeers.adapters import HardRouter
+
+        router, device = conditioner.adapter, conditioner.device
+        embeddings = conditioner.encoder(questions).to(device)
+        noise = HardRouter.sample_noise((len(questions), router.num_experts), device)
+        with torch.no_grad():
+            one_hot, _ = router.select(embeddings, training=training, noise=noise)
+        selected = torch.zeros(len(questions), max(router.expert_dims), device=device)
+        for i, rows in HardRouter.groups(one_hot).items():
+            states = conditioner.pool.encode_expert(i, [questions[r] for r in rows.tolist()])
+            selected[rows, : states.shape[1]] = states.to(device)
+        return Conditioning(stored=RoutedState(embeddings, noise, selected))
+
+    def adapter_output(self, adapter, stored, training):
+        from musketeers.adapters import HardRouter
+
+        one_hot, logits = adapter.select(stored.router_input, training=training, noise=stored.gumbel_noise if training else None)
+        states = {i: stored.selected_state[rows, : adapter.expert_dims[i]] for i, rows in HardRouter.groups(one_hot).items()}
+        return adapter(one_hot, states, logits)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (Perceiver(), FFN(), HardRouting(), TextHints(), Single())}
