@@ -1,4 +1,4 @@
-"""The command line: help, config show, data show/check, and one-line errors with exit code 2."""
+"""The command line: config show, data show/check, and one-line errors with exit code 2."""
 import pytest
 import yaml
 
@@ -16,11 +16,6 @@ def run(capsys, *argv):
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MUSKETEERS_CACHE", str(tmp_path / "cache"))
-
-
-def test_help(capsys):
-    code, out, _ = run(capsys, "--help")
-    assert code == 0 and "config" in out and "data" in out
 
 
 def test_config_show_prints_resolved_yaml(capsys):
