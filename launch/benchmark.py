@@ -44,7 +44,6 @@ LABELS = {"a": "trl", "b": "single", "c": "perceiver-embedded", "d": "perceiver-
 BUCKETS = ("experts", "adapter", "generation", "logprobs")
 SYSTEM_PROMPT = "Answer with the final answer only."
 TINY_TEAM = REPO / "tests" / "fixtures" / "team_tiny.yaml"
-EMBEDDED_TEAM = REPO / "configs" / "teams" / "embedded.yaml"
 # Paper shapes (random weights): the policy is Qwen2.5-3B-shaped, the experts the default team's.
 PAPER_POLICY = ("random:qwen2:hidden_size=2048,intermediate_size=11008,num_hidden_layers=36,num_attention_heads=16,"
                 "num_key_value_heads=2,tokenizer=gpt2")
@@ -119,7 +118,7 @@ def team_config(key: str, args):
     """The expert team of configuration c or d (None for a and b)."""
     import yaml
 
-    from musketeers.config import ExpertConfig, TeamConfig, _build
+    from musketeers.config import ExpertConfig, TeamConfig, _build, resolve_config_file
 
     if key in ("a", "b"):
         return TeamConfig(name="none")
@@ -127,7 +126,7 @@ def team_config(key: str, args):
     if args.paper_scale:
         experts = [ExpertConfig(name=n, model=m, dtype="bfloat16", device=device) for n, m in PAPER_EXPERTS.items()]
         return TeamConfig(name="default-shapes", backend="local", experts=experts)
-    path = EMBEDDED_TEAM if key == "c" else TINY_TEAM
+    path = resolve_config_file("embedded", "teams") if key == "c" else TINY_TEAM
     team = _build(TeamConfig, yaml.safe_load(path.read_text())["team"], "team", str(path))
     team.backend = args.expert_backend
     for e in team.experts:

@@ -25,7 +25,18 @@ import yaml
 from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS  # the one registry of methods
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """The one place configs/ is found: inside the package in a wheel (pyproject.toml maps it there),
+    beside the package in a checkout, editable install or not, so edits there take effect at once."""
+    package = Path(__file__).resolve().parent
+    for found in (package / "configs", package.parent / "configs"):
+        if found.is_dir():
+            return found
+    raise MusketeersError(f"no configs/ folder in {package} or beside it: reinstall musketeers")
+
+
+CONFIG_DIR = _config_dir()
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 POOLINGS = ("last_token", "first_token", "random_token", "first_layer", "random_layer")
 CONTEXT_POSITIONS = ("after_first", "prefix", "suffix")  # where C sits in the prompt: musketeers/context.py
