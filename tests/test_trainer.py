@@ -7,7 +7,8 @@ import torch
 
 from musketeers import train as train_module
 from musketeers.config import CONTEXT_POSITIONS, load_run_config
-from musketeers.train import build_trainer, read_metrics, train
+from musketeers.rundir import read_metrics
+from musketeers.train import build_trainer, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TASK = str(FIXTURES / "task_tiny.yaml")
