@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from musketeers.config import RunConfig, load_resolved_config
+from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
+from musketeers.rundir import CONFIG_FILE, is_run_dir, read_config, read_eval, read_metrics, team_name
 
 LAST_FRACTION = 0.1
 METHOD_ORDER = ("single", "hard_routing", "text_hints", "ffn", "perceiver")
@@ -57,17 +58,6 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix: json.dumps(data, sort_keys=True)}
 
 
-def _eval_json(run_dir: Path, name: str) -> dict | None:
-    """The eval JSON `name` of the run's final/ or latest checkpoint (or of the run dir itself)."""
-    from musketeers.evaluate import latest_checkpoint
-
-    checkpoint = latest_checkpoint(run_dir)
-    for folder in (checkpoint, run_dir):
-        if folder is not None and (folder / name).is_file():
-            return json.loads((folder / name).read_text())
-    return None
-
-
 @dataclass
 class Run:
     path: Path
@@ -83,7 +73,7 @@ class Run:
 
     @property
     def team(self) -> str:
-        return "none" if self.cfg.method == "single" else self.cfg.team.name
+        return team_name(self.cfg)
 
     def series(self, key: str) -> dict[int, float]:
         """step -> value for the rows that logged `key`."""
@@ -107,31 +97,30 @@ class Run:
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Run directories (holding config.yaml) given directly or as children of the given folders."""
+    """Run directories given directly or as children of the given folders."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if (p / "config.yaml").is_file():
+        if is_run_dir(p):
             found.append(p)
         elif p.is_dir():
-            found += sorted(c for c in p.iterdir() if (c / "config.yaml").is_file())
+            found += sorted(c for c in p.iterdir() if is_run_dir(c))
         else:
             raise ReportError(f"{str(p)!r} does not exist")
     if not found:
-        raise ReportError(f"no run directories (folders with config.yaml) in {', '.join(map(str, paths))}")
+        raise ReportError(f"no run directories (folders with {CONFIG_FILE}) in {', '.join(map(str, paths))}")
     return list(dict.fromkeys(found))
 
 
 def load_run(run_dir: Path) -> Run:
     from musketeers.evaluate import default_split
-    from musketeers.train import read_metrics
 
-    cfg = load_resolved_config(run_dir / "config.yaml")
+    cfg = read_config(run_dir)
     split = default_split(cfg)
     settings = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in IGNORED_KEYS}
     if cfg.method == "single":  # experts and adapter do not exist for it
         settings = {k: v for k, v in settings.items() if not k.startswith(("team.", "adapter."))}
-    return Run(run_dir, cfg, read_metrics(run_dir), _eval_json(run_dir, f"eval-{split}.json"),
-               _eval_json(run_dir, f"eval-{split}-baseline.json"), settings)
+    return Run(run_dir, cfg, read_metrics(run_dir), read_eval(run_dir, split), read_eval(run_dir, split, baseline=True),
+               settings)
 
 
 # ----------------------------------------------------------------------------- groups
