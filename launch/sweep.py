@@ -16,11 +16,12 @@ Sweep file (every key optional except tasks, methods and seeds):
       - {methods: [perceiver], teams: [generalist]}   # top-level ones (without grid: one block)
     eval: {limit: null, batch_size: 16}  # evaluate each trained run (as `musketeers eval` does)
 
-Each run is a subprocess (a crash ends that run only; logs in <output_dir>/logs/<name>.log), pinned
-to one GPU with CUDA_VISIBLE_DEVICES, one run per GPU at a time; without GPUs, one run at a time.
-Rerunning the sweep skips finished runs (a DONE marker, or a complete final/), resumes runs killed
-after a checkpoint (`train(resume=...)`), restarts runs killed before their first checkpoint, and
-refuses to touch a run whose stored config.yaml differs from what the sweep file now resolves to.
+Each run is a subprocess (a crash ends that run only; it logs to <output_dir>/logs/), pinned to one
+GPU with CUDA_VISIBLE_DEVICES, one run per GPU at a time; without GPUs, one run at a time. Rerunning
+the sweep skips finished runs (a DONE marker, or a complete final/), resumes runs killed after a
+checkpoint (`train(resume=...)`), restarts runs killed before their first checkpoint, and refuses to
+touch a run whose stored config differs from what the sweep file now resolves to. What a run
+directory holds and how it is named: musketeers/rundir.py.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from musketeers.config import load_resolved_config, load_run_config  # noqa: E402
+from musketeers.config import load_run_config  # noqa: E402
 from musketeers.errors import MusketeersError  # noqa: E402
+from musketeers.rundir import (CONFIG_FILE, SWEEP_FILE, eval_path, final_or_last_checkpoint, is_finished,  # noqa: E402
+                               is_run_dir, last_checkpoint, log_path, mark_done, read_config, run_name)
 
-DONE_FILE = "DONE"
 BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
 TOP_KEYS = (*BLOCK_KEYS, "output_dir", "grid", "eval")
 EVAL_KEYS = ("split", "limit", "batch_size")
@@ -108,7 +110,7 @@ def _block_jobs(block: dict, out: Path, source: str) -> list[Job]:
                      *(f"{k}={json.dumps(v)}" for k, v in variant)]
         cfg = load_run_config(str(task), overrides)
         suffix = "".join(f"-{k.split('.')[-1]}{v}" for k, v in variant)
-        name = f"{cfg.task.name}-{cfg.method}-{'none' if cfg.method == 'single' else cfg.team.name}-seed{cfg.seed}{suffix}"
+        name = run_name(cfg, suffix)
         jobs.append(Job(name, out / name, str(task), overrides, cfg.to_dict()))
     return jobs
 
@@ -128,31 +130,14 @@ def plan(sweep: dict, source: str) -> list[Job]:
 # ----------------------------------------------------------------------------- run state
 
 
-def is_finished(run_dir: Path) -> bool:
-    """Training ended: the DONE marker, or final/ with the LoRA (and the adapter, if the method has one)."""
-    from musketeers.evaluate import is_checkpoint
-
-    if (run_dir / DONE_FILE).is_file():
-        return True
-    final = run_dir / "final"
-    if not is_checkpoint(final) or not (run_dir / "config.yaml").is_file():
-        return False
-    method = load_resolved_config(run_dir / "config.yaml").method
-    return method in ("single", "text_hints") or (final / "context_adapter.safetensors").is_file()
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    return any(p.name.split("-")[-1].isdigit() for p in run_dir.glob("checkpoint-*"))
-
-
 def eval_done(run_dir: Path, eval_opts: dict | None) -> bool:
     if eval_opts is None:
         return True
-    from musketeers.evaluate import default_split, latest_checkpoint
+    from musketeers.evaluate import default_split
 
-    checkpoint = latest_checkpoint(run_dir)
-    split = eval_opts.get("split") or default_split(load_resolved_config(run_dir / "config.yaml"))
-    return checkpoint is not None and (checkpoint / f"eval-{split}.json").is_file()
+    checkpoint = final_or_last_checkpoint(run_dir)
+    split = eval_opts.get("split") or default_split(read_config(run_dir))
+    return checkpoint is not None and eval_path(checkpoint, split).is_file()
 
 
 def state(job: Job, eval_opts: dict | None) -> str:
@@ -160,13 +145,11 @@ def state(job: Job, eval_opts: dict | None) -> str:
     d = job.run_dir
     if not d.exists():
         return "new"
-    if (d / "config.yaml").is_file():
-        stored = load_resolved_config(d / "config.yaml").to_dict()
-        if stored != job.config:
-            return "conflict"
+    if is_run_dir(d) and read_config(d).to_dict() != job.config:
+        return "conflict"
     if is_finished(d):
         return "finished" if eval_done(d, eval_opts) else "evaluate"
-    return "resume" if has_checkpoint(d) else "restart"
+    return "resume" if last_checkpoint(d) is not None else "restart"
 
 
 # ----------------------------------------------------------------------------- one run (the child process)
@@ -174,17 +157,16 @@ def state(job: Job, eval_opts: dict | None) -> str:
 
 def run_child(run_dir: Path, task: str, overrides: list[str], eval_opts: dict | None) -> None:
     """Train (fresh, resumed or restarted) unless finished, mark it DONE, then evaluate if asked."""
-    from musketeers.train import read_metrics, train
+    from musketeers.train import train
 
     if not is_finished(run_dir):
-        if has_checkpoint(run_dir):
+        if last_checkpoint(run_dir) is not None:
             train(resume=run_dir)
         else:
             if run_dir.exists():  # killed before its first checkpoint: nothing to resume
                 shutil.rmtree(run_dir)
             train(load_run_config(task, overrides), run_dir=run_dir)
-        rows = read_metrics(run_dir)
-        (run_dir / DONE_FILE).write_text(json.dumps({"steps": rows[-1]["step"] if rows else 0, "time": time.time()}) + "\n")
+        mark_done(run_dir)
     if not eval_done(run_dir, eval_opts):
         from musketeers.evaluate import evaluate, format_result
 
@@ -199,11 +181,11 @@ def child_command(job: Job, eval_opts: dict | None) -> list[str]:
 
 
 def launch(job: Job, gpu: str | None, eval_opts: dict | None):
-    """Start a run's child process (logs appended to <output_dir>/logs/<name>.log)."""
+    """Start a run's child process (its output appended to its log)."""
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    log = job.run_dir.parent / "logs" / f"{job.name}.log"
+    log = log_path(job.run_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} gpu={gpu} {' '.join(child_command(job, eval_opts))}\n")
@@ -267,12 +249,12 @@ def sweep(path: Path, dry_run: bool = False, gpus: int | None = None, start=laun
     todo = [j for j in jobs if states[j.name] not in ("finished", "conflict")]
     conflicts = [j.name for j in jobs if states[j.name] == "conflict"]
     if conflicts:
-        print(f"[sweep] not touched (config.yaml differs from the sweep file; move or delete them): {', '.join(conflicts)}")
+        print(f"[sweep] not touched ({CONFIG_FILE} differs from the sweep file; move or delete them): {', '.join(conflicts)}")
     if dry_run:
         return states
     out = Path(data.get("output_dir", "runs/sweep"))
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, out / "sweep.yaml")
+    shutil.copyfile(path, out / SWEEP_FILE)
     start_time = time.perf_counter()
     codes = run_jobs(todo, gpu_slots(gpus), eval_opts, start)
     outcome = {**states, **{name: "ok" if rc == 0 else f"failed (exit {rc})" for name, rc in codes.items()}}

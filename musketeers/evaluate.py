@@ -17,30 +17,28 @@ from. Its output projection starts near zero, so the untrained policy sees the n
 step one: the baseline measures the policy before any training, with the token layout unchanged.
 
 Splits: GSM8K evaluates on its official test split, Reasoning Gym families on the held-out
-validation items (the defaults). The result goes, as JSON written atomically, next to the
-checkpoint: <checkpoint>/eval-<split>.json, or <run>/eval-<split>-baseline.json for --baseline.
+validation items (the defaults). The result goes, as JSON written atomically, into the checkpoint
+folder, or into the run directory for --baseline (file names: musketeers/rundir.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from musketeers.config import RunConfig, load_resolved_config
+from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
+from musketeers.rundir import (CONFIG_FILE, baseline_eval_path, eval_path, final_or_last_checkpoint, is_checkpoint,
+                               is_run_dir, read_config, write_json_atomic)
 
 if TYPE_CHECKING:  # torch is imported where it is used: registering the CLI command stays fast
     import torch
 
     from musketeers.context import ContextLayout
 
-CONFIG_FILE = "config.yaml"
 DEFAULT_BATCH_SIZE = 16
 
 
@@ -51,30 +49,16 @@ class EvalError(MusketeersError, ValueError):
 # ----------------------------------------------------------------------------- paths
 
 
-def is_checkpoint(path: Path) -> bool:
-    """A folder holding a saved LoRA adapter (final/ or checkpoint-N/)."""
-    return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """final/ when the run finished, else its highest checkpoint-N, else None."""
-    if is_checkpoint(run_dir / "final"):
-        return run_dir / "final"
-    steps = [(int(p.name.split("-")[1]), p) for p in run_dir.glob("checkpoint-*")
-             if p.name.split("-")[1].isdigit() and is_checkpoint(p)]
-    return max(steps)[1] if steps else None
-
-
 def resolve_target(path: str | Path, baseline: bool = False) -> tuple[Path, Path | None]:
     """(run dir, checkpoint dir) for a run dir or a checkpoint dir; the checkpoint is None only for
     a --baseline of a run without one."""
     path = Path(path)
-    if (path / CONFIG_FILE).is_file():
-        checkpoint = latest_checkpoint(path)
+    if is_run_dir(path):
+        checkpoint = final_or_last_checkpoint(path)
         if checkpoint is None and not baseline:
             raise EvalError(f"{str(path)!r} has no final/ or checkpoint-N folder yet; --baseline evaluates the untrained policy")
         return path, checkpoint
-    if is_checkpoint(path) and (path.parent / CONFIG_FILE).is_file():
+    if is_checkpoint(path) and is_run_dir(path.parent):
         return path.parent, path
     raise EvalError(f"{str(path)!r} is neither a run directory (with {CONFIG_FILE}) nor a checkpoint folder inside one")
 
@@ -82,20 +66,6 @@ def resolve_target(path: str | Path, baseline: bool = False) -> tuple[Path, Path
 def default_split(cfg: RunConfig) -> str:
     """GSM8K: the official test split; Reasoning Gym: the held-out validation items."""
     return "test" if cfg.task.source == "gsm8k" else "validation"
-
-
-def result_path(run_dir: Path, checkpoint: Path | None, split: str, baseline: bool) -> Path:
-    if baseline:
-        return run_dir / f"eval-{split}-baseline.json"
-    return checkpoint / f"eval-{split}.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename: never a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=1)
-    os.replace(f.name, path)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -159,7 +129,7 @@ class Evaluator:
         from peft import PeftModel
         from safetensors.torch import load_file
 
-        from musketeers.trainer import ADAPTER_FILE
+        from musketeers.rundir import ADAPTER_FILE
 
         policy = PeftModel.from_pretrained(policy, str(checkpoint))
         adapter = self.conditioner.adapter
@@ -225,7 +195,7 @@ def evaluate(path: str | Path, split: str | None = None, limit: int | None = Non
     if batch_size < 1 or (limit is not None and limit < 1):
         raise EvalError(f"--batch-size and --limit must be at least 1, got {batch_size} and {limit}")
     run_dir, checkpoint = resolve_target(path, baseline)
-    cfg = load_resolved_config(run_dir / CONFIG_FILE)
+    cfg = read_config(run_dir)
     split = split or default_split(cfg)
     all_rows = load_split(cfg.task, split)
     n = len(all_rows) if limit is None else min(limit, len(all_rows))
@@ -251,8 +221,9 @@ def evaluate(path: str | Path, split: str | None = None, limit: int | None = Non
         "items": [{"index": k, "dataset": r["task"], "score": sc, "completion": c}
                   for k, (r, sc, c) in enumerate(zip(rows, scores, completions))],
     }
-    result["path"] = str(result_path(run_dir, checkpoint, split, baseline))
-    write_json_atomic(Path(result["path"]), result)
+    path = baseline_eval_path(run_dir, split) if baseline else eval_path(checkpoint, split)
+    result["path"] = str(path)
+    write_json_atomic(path, result)
     return result
 
 

@@ -96,6 +96,7 @@ class Conditioning:
 class Method:
     name: ClassVar[str]
     label: ClassVar[str]                  # as the paper's tables name it
+    table_row: ClassVar[int]              # its row in the paper's Table 1 (reports keep that order)
     experts: ClassVar[bool] = True        # runs the expert team
     encoder: ClassVar[bool] = False       # a frozen sentence encoder reads the question (hard routing)
     context_tokens: ClassVar[bool] = False  # a trainable g_phi gives the policy context tokens C
@@ -115,14 +116,14 @@ class Method:
 
 
 class Single(Method):
-    name, label, experts = "single", "single", False
+    name, label, table_row, experts = "single", "single", 0, False
 
 
 class TextHints(Method):
     """Output-level collaboration (eq. 12): each expert writes a hint of at most hint_max_tokens; the
     hints go verbatim into an "[Expert Hints]" block of the prompt. No trainable parameters."""
 
-    name, label = "text_hints", "output collaboration"
+    name, label, table_row = "text_hints", "output collaboration", 2
 
     def prepare(self, conditioner, questions, training):
         from musketeers.data import build_prompt
@@ -137,7 +138,7 @@ class TextHints(Method):
 class Perceiver(Method):
     """The paper's method: m latent queries cross-attend over the n expert states (eqs. 6-11, 16)."""
 
-    name, label, context_tokens = "perceiver", "perceiver", True
+    name, label, table_row, context_tokens = "perceiver", "perceiver", 4, True
 
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import PerceiverAdapter
@@ -155,7 +156,7 @@ class Perceiver(Method):
 class FFN(Perceiver):
     """Without cross-attention (eq. 14): one context token per expert, FFN(V)."""
 
-    name, label = "ffn", "w/o cross-attn"
+    name, label, table_row = "ffn", "w/o cross-attn", 3
 
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import FFNAdapter
@@ -167,7 +168,7 @@ class HardRouting(Method):
     """Top-1 routing (eq. 13): a sentence encoder and a router head pick one expert per question; only
     that expert runs, and its state becomes one memory token."""
 
-    name, label, encoder, context_tokens = "hard_routing", "hard routing", True, True
+    name, label, table_row, encoder, context_tokens = "hard_routing", "hard routing", 1, True, True
 
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import HardRouter

@@ -30,13 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from musketeers.config import RunConfig, load_resolved_config
+from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
+from musketeers.methods import METHODS
+from musketeers.rundir import CONFIG_FILE, is_run_dir, read_config, read_eval, read_metrics, team_name
 
 LAST_FRACTION = 0.1
-METHOD_ORDER = ("single", "hard_routing", "text_hints", "ffn", "perceiver")
-METHOD_LABELS = {"single": "single", "hard_routing": "hard routing", "text_hints": "output collaboration",
-                 "ffn": "w/o cross-attn", "perceiver": "perceiver"}
 TASK_ORDER = ("algorithmic", "arithmetic", "logic", "gsm8k")
 IGNORED_KEYS = ("seed", "output_dir")
 
@@ -57,17 +56,6 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix: json.dumps(data, sort_keys=True)}
 
 
-def _eval_json(run_dir: Path, name: str) -> dict | None:
-    """The eval JSON `name` of the run's final/ or latest checkpoint (or of the run dir itself)."""
-    from musketeers.evaluate import latest_checkpoint
-
-    checkpoint = latest_checkpoint(run_dir)
-    for folder in (checkpoint, run_dir):
-        if folder is not None and (folder / name).is_file():
-            return json.loads((folder / name).read_text())
-    return None
-
-
 @dataclass
 class Run:
     path: Path
@@ -83,7 +71,7 @@ class Run:
 
     @property
     def team(self) -> str:
-        return "none" if self.cfg.method == "single" else self.cfg.team.name
+        return team_name(self.cfg)
 
     def series(self, key: str) -> dict[int, float]:
         """step -> value for the rows that logged `key`."""
@@ -107,31 +95,30 @@ class Run:
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Run directories (holding config.yaml) given directly or as children of the given folders."""
+    """Run directories given directly or as children of the given folders."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if (p / "config.yaml").is_file():
+        if is_run_dir(p):
             found.append(p)
         elif p.is_dir():
-            found += sorted(c for c in p.iterdir() if (c / "config.yaml").is_file())
+            found += sorted(c for c in p.iterdir() if is_run_dir(c))
         else:
             raise ReportError(f"{str(p)!r} does not exist")
     if not found:
-        raise ReportError(f"no run directories (folders with config.yaml) in {', '.join(map(str, paths))}")
+        raise ReportError(f"no run directories (folders with {CONFIG_FILE}) in {', '.join(map(str, paths))}")
     return list(dict.fromkeys(found))
 
 
 def load_run(run_dir: Path) -> Run:
     from musketeers.evaluate import default_split
-    from musketeers.train import read_metrics
 
-    cfg = load_resolved_config(run_dir / "config.yaml")
+    cfg = read_config(run_dir)
     split = default_split(cfg)
     settings = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in IGNORED_KEYS}
-    if cfg.method == "single":  # experts and adapter do not exist for it
+    if not METHODS[cfg.method].experts:  # experts and adapter do not exist for it
         settings = {k: v for k, v in settings.items() if not k.startswith(("team.", "adapter."))}
-    return Run(run_dir, cfg, read_metrics(run_dir), _eval_json(run_dir, f"eval-{split}.json"),
-               _eval_json(run_dir, f"eval-{split}-baseline.json"), settings)
+    return Run(run_dir, cfg, read_metrics(run_dir), read_eval(run_dir, split), read_eval(run_dir, split, baseline=True),
+               settings)
 
 
 # ----------------------------------------------------------------------------- groups
@@ -165,14 +152,14 @@ def group_runs(runs: list[Run]) -> list[Group]:
         keys = sorted({k for m in members for k in m[0].settings}) if len(members) > 1 else []
         differing = [k for k in keys if len({m[0].settings.get(k) for m in members}) > 1]
         for m in members:
-            label = METHOD_LABELS.get(method, method) + ("" if method == "single" else f" ({team})")
+            label = METHODS[method].label + (f" ({team})" if METHODS[method].experts else "")
             extra = ", ".join(f"{k.split('.')[-1]}={json.loads(m[0].settings.get(k, 'null'))}" for k in differing)
             groups.append(Group(task, f"{label}, {extra}" if extra else label, method, sorted(m, key=lambda r: r.cfg.seed)))
     return sorted(groups, key=lambda g: (_method_rank(g.method), g.label, _task_rank(g.task)))
 
 
 def _method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return METHODS[method].table_row
 
 
 def _task_rank(task: str) -> tuple[int, str]:

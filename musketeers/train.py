@@ -1,33 +1,23 @@
-"""The training recipe: a RunConfig becomes a run directory with metrics, logs and checkpoints.
-
-    run_dir/
-      config.yaml         the resolved config (what `--resume` reads back)
-      metrics.jsonl       one row per optimizer step: rewards, accuracy, KL, lengths, routing, timings
-      tensorboard/        the same scalars for TensorBoard
-      checkpoint-N/       PEFT adapter + context_adapter.safetensors + optimizer, scheduler, RNG, step
+"""The training recipe: a RunConfig becomes a run directory with metrics, logs and checkpoints
+(what it holds and how it is named: musketeers/rundir.py).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from musketeers.adapters import count_trainable
 from musketeers.conditioning import build_conditioner
-from musketeers.config import ConfigError, RunConfig, load_resolved_config
+from musketeers.config import ConfigError, RunConfig
 from musketeers.data import build_prompt, load_split
 from musketeers.models import load_model
-
-CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.jsonl"
+from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, TENSORBOARD_DIR, append_metrics, checkpoint_step, is_run_dir,
+                               last_checkpoint, new_run_dir, read_config, read_metrics, truncate_metrics)
 
 
 def prompt_dataset(rows, tokenizer, task):
@@ -46,10 +36,10 @@ def prompt_dataset(rows, tokenizer, task):
 
 
 class MetricsLogger(TrainerCallback):
-    """Appends one JSON row per optimizer step to metrics.jsonl (flushed: nothing lost on a crash)."""
+    """Appends one row per optimizer step to the run's metrics."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "reward" not in logs:
@@ -59,8 +49,7 @@ class MetricsLogger(TrainerCallback):
         timed = sum(logs.get(f"time/{k}", 0.0) for k in ("experts", "generation", "logprobs"))
         if "step_time" in logs:
             row["time/update"] = max(logs["step_time"] - timed, 0.0)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(self.run_dir, row)
 
 
 def build_policy(cfg: RunConfig):
@@ -100,19 +89,6 @@ def grpo_config(cfg: RunConfig, run_dir: Path):
     )
 
 
-def new_run_dir(cfg: RunConfig, run_dir: Path | None = None) -> Path:
-    """A new run directory holding the resolved config: `run_dir` when given (a sweep's
-    deterministic name; it must not exist yet), else <output_dir>/<task>-<method>-<team>-seed<k>-<time>."""
-    if run_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        team = "none" if cfg.method == "single" else cfg.team.name
-        run_dir = Path(cfg.output_dir) / f"{cfg.task.name}-{cfg.method}-{team}-seed{cfg.seed}-{stamp}"
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return run_dir
-
-
 def build_trainer(cfg: RunConfig, run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
@@ -127,8 +103,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
     args = grpo_config(cfg, run_dir)
     args.reward_weights = weights
-    callbacks = [MetricsLogger(run_dir / METRICS_FILE),
-                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+    callbacks = [MetricsLogger(run_dir),
+                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR)))]
     trainer = MusketeersGRPOTrainer(
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
         callbacks=callbacks,
@@ -148,28 +124,17 @@ def trainable_parameters(trainer) -> dict[str, int]:
     return {"lora": lora, "adapter": count_trainable(adapter) if adapter is not None else 0}
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint a resumed run restarts from."""
-    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
-    (run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_dir: Path | None = None) -> Path:
-    """Run (or resume) a GRPO run; returns the run directory (`run_dir`: see new_run_dir)."""
+    """Run (or resume) a GRPO run; returns the run directory (`run_dir`: see musketeers.rundir.new_run_dir)."""
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / CONFIG_FILE).is_file():
+        if not is_run_dir(run_dir):
             raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no {CONFIG_FILE})")
-        cfg = load_resolved_config(run_dir / CONFIG_FILE)
-        checkpoint = get_last_checkpoint(str(run_dir))
+        cfg = read_config(run_dir)
+        checkpoint = last_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"--resume: {str(run_dir)!r} has no checkpoint-N folder to resume from")
-        _truncate_metrics(run_dir, int(checkpoint.rsplit("-", 1)[1]))
+        truncate_metrics(run_dir, checkpoint_step(checkpoint))
     else:
         run_dir, checkpoint = new_run_dir(cfg, run_dir), None
     print(f"run directory: {run_dir}", flush=True)
@@ -181,10 +146,10 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_di
         raise
     start = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model(str(run_dir / "final"))
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.save_model(str(run_dir / FINAL_DIR))
         if trainer.conditioner.adapter is not None:
-            trainer.save_adapter(str(run_dir / "final"))
+            trainer.save_adapter(str(run_dir / FINAL_DIR))
     finally:
         if trainer.conditioner.pool is not None:
             trainer.conditioner.pool.shutdown()

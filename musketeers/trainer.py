@@ -37,8 +37,8 @@ from trl.trainer.utils import pad
 from musketeers.conditioning import Conditioner
 from musketeers.context import generate_with_context, insert_context
 from musketeers.methods import RowTensors
+from musketeers.rundir import ADAPTER_FILE, checkpoint_dir
 
-ADAPTER_FILE = "context_adapter.safetensors"
 CONDITIONING_KEY = "conditioning"  # TRL batch-dict entry holding the method's stored RowTensors
 
 
@@ -276,8 +276,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.conditioner.adapter is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            self.save_adapter(folder)
+            self.save_adapter(str(checkpoint_dir(self._get_output_dir(trial=trial), self.state.global_step)))
 
     def save_adapter(self, folder: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.conditioner.adapter.state_dict().items()}

@@ -11,7 +11,8 @@ from musketeers.config import load_run_config
 from musketeers.context import ContextLayout, insert_context, positions_from_mask
 from musketeers.data import build_prompt, load_split
 from musketeers.models import load_model
-from musketeers.train import read_metrics, train
+from musketeers.rundir import read_metrics
+from musketeers.train import train
 
 TINY_TEAM = Path(__file__).parent / "fixtures" / "team_tiny.yaml"
 POLICY = "embedded:smollm2-135m-instruct"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from musketeers import train as train_module
-from musketeers.train import read_metrics
+from musketeers.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = str(REPO / "tests" / "fixtures" / "task_tiny.yaml")

@@ -7,8 +7,9 @@ import torch
 
 from musketeers import train as train_module
 from musketeers.config import CONTEXT_POSITIONS, load_run_config
-from musketeers.train import build_trainer, read_metrics, train
 from musketeers.methods import RowTensors
+from musketeers.rundir import read_metrics
+from musketeers.train import build_trainer, train
 from musketeers.trainer import CONDITIONING_KEY
 
 FIXTURES = Path(__file__).parent / "fixtures"
