@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from experts.cache import DiskCache, StateCache, fingerprint
+from experts.config import ExpertConfig, TeamConfig
 from experts.worker import ExpertLoadError, ExpertWorker
-from musketeers.config import ExpertConfig, TaskConfig, TeamConfig
+from musketeers.config import TaskConfig
 
 BACKENDS = ("ray", "local")
 MAX_RESTARTS = 8  # restarts of a dead expert actor before its calls fail

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import statistics
 
+from experts.config import TeamConfig
 from experts.pool import ExpertPool
-from musketeers.config import TaskConfig, TeamConfig
+from musketeers.config import TaskConfig
 
 PROBE_QUESTIONS = (
     "What is 17 + 25?",

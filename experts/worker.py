@@ -17,10 +17,11 @@ import time
 
 import torch
 
-from experts.pooling import POOLINGS, needs_all_layers, pool_hidden_states, prompt_choice
-from musketeers.config import ExpertConfig, TaskConfig
+from experts.config import POOLINGS, ExpertConfig
+from experts.errors import MusketeersError
+from experts.pooling import needs_all_layers, pool_hidden_states, prompt_choice
+from musketeers.config import TaskConfig
 from musketeers.data import build_prompt
-from musketeers.errors import MusketeersError
 
 
 class ExpertLoadError(MusketeersError, RuntimeError):

@@ -119,7 +119,8 @@ def team_config(key: str, args):
     """The expert team of configuration c or d (None for a and b)."""
     import yaml
 
-    from musketeers.config import ExpertConfig, TeamConfig, _build
+    from experts.config import ExpertConfig, TeamConfig
+    from musketeers.config import _build
 
     if key in ("a", "b"):
         return TeamConfig(name="none")

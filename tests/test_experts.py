@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from experts import POOLINGS, ExpertLoadError, ExpertPool, ExpertWorker, prompt_choice
+from experts.config import ExpertConfig, TeamConfig
 from experts.probe import format_probe, probe_team
-from musketeers.config import ExpertConfig, TaskConfig, TeamConfig
+from musketeers.config import TaskConfig
 from musketeers.data import build_prompt
 
 SEED = 3
@@ -288,7 +289,8 @@ SHUTDOWN_SCRIPT = r"""
 import json, time, psutil, torch, ray
 torch.set_num_threads(1)
 from experts import ExpertPool
-from musketeers.config import ExpertConfig, TaskConfig, TeamConfig
+from experts.config import ExpertConfig, TeamConfig
+from musketeers.config import TaskConfig
 
 def alive(proc):
     try:
