@@ -24,6 +24,7 @@ import torch
 
 from experts.cache import DiskCache, StateCache, fingerprint
 from experts.config import ExpertConfig, TeamConfig
+from experts.models import model_identity, one_line
 from experts.worker import ExpertLoadError, ExpertWorker
 from musketeers.config import TaskConfig
 
@@ -113,8 +114,6 @@ class ExpertPool:
         """An expert actor's info once it has loaded, or its failure as one ExpertLoadError line."""
         import ray
 
-        from musketeers.models import one_line
-
         try:
             info = ray.get(ref)
         except ray.exceptions.RayActorError as e:  # the process died while loading (e.g. out of memory)
@@ -148,7 +147,6 @@ class ExpertPool:
         if not self.team.cache_dir:
             return None
         from musketeers.data import system_prompt
-        from musketeers.models import model_identity
 
         fields = {"model": model_identity(expert.model), "name": expert.name, "dtype": expert.dtype,
                   "pooling": self.team.pooling, "seed": self.seed, "max_length": expert.max_length,

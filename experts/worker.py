@@ -19,6 +19,7 @@ import torch
 
 from experts.config import POOLINGS, ExpertConfig
 from experts.errors import MusketeersError
+from experts.models import load_model, one_line
 from experts.pooling import needs_all_layers, pool_hidden_states, prompt_choice
 from musketeers.config import TaskConfig
 from musketeers.data import build_prompt
@@ -30,8 +31,6 @@ class ExpertLoadError(MusketeersError, RuntimeError):
 
 def load_expert_model(expert: ExpertConfig):
     """(model, tokenizer) of an expert, frozen; any failure becomes one ExpertLoadError line."""
-    from musketeers.models import load_model, one_line
-
     try:
         model, tokenizer = load_model(expert.model, dtype=expert.dtype, device=expert.device,
                                       trust_remote_code=expert.trust_remote_code)

@@ -37,7 +37,7 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 def cmd_data_show(args: argparse.Namespace) -> None:
     from musketeers.data import build_prompt, load_split
-    from musketeers.models import load_tokenizer
+    from experts.models import load_tokenizer
     from rewards import reference_completion, score_completion
 
     if args.n < 1:

@@ -466,7 +466,7 @@ def _validate_datasets(task: TaskConfig, fail: typing.Callable[[str, str], typin
 
 
 def _validate_models(cfg: RunConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
-    from musketeers.models import parse_model_ref
+    from experts.models import parse_model_ref
 
     refs = [("policy.model", cfg.policy.model)]
     refs += [(f"team.experts[{i}].model", e.model) for i, e in enumerate(cfg.team.experts)]

@@ -153,7 +153,7 @@ class TrainSplit(Sequence):
 
 def _cached_keys(validation: ValidationSplit) -> set[str]:
     """Validation question keys, cached on disk by the identity of the generated items."""
-    from musketeers.models import cache_dir
+    from experts.models import cache_dir
 
     import reasoning_gym
 

@@ -21,11 +21,11 @@ import yaml
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from experts.models import load_model
 from musketeers.adapters import build_adapter, count_trainable
 from musketeers.conditioning import Conditioner, SentenceEncoder
 from musketeers.config import ConfigError, RunConfig, load_resolved_config
 from musketeers.data import build_prompt, load_split
-from musketeers.models import load_model
 
 CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.jsonl"
 

@@ -368,7 +368,7 @@ def test_probe_describes_every_expert():
 @pytest.mark.parametrize("name", ["default", "generalist", "naive", "llm", "embedded"])
 def test_every_team_file_resolves(name):
     from musketeers.config import load_run_config
-    from musketeers.models import parse_model_ref
+    from experts.models import parse_model_ref
 
     cfg = load_run_config("arithmetic", [f"team={name}"])
     assert cfg.team.experts
