@@ -1,12 +1,14 @@
 """Frozen expert serving: pooled hidden states of heterogeneous experts, as Ray actors or in-process.
 
     from experts import ExpertPool
-    with ExpertPool(cfg.team, cfg.task, seed=cfg.seed) as pool:
+    with ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed) as pool:
         states = pool.encode(questions)   # list of [B, d_i] tensors, in team order
 
-Modules: config (what a team file says), pooling (which token / layer), worker (one expert), cache
-(each prompt once, optionally on disk), pool (the team, Ray or local), probe (`musketeers experts
-probe`), errors (the user-error base the CLI reports in one line).
+Modules: config (what a team file says), models (the one model loader, the policy's too), prompt
+(what a model reads), pooling (which token / layer), worker (one expert), cache (each prompt once,
+optionally on disk), pool (the team, Ray or local), probe (`musketeers experts probe`), errors (the
+user-error base the CLI reports in one line). Nothing here imports musketeers: the learner hands
+experts what they need (the team config, the system prompt text).
 """
 
 import importlib

@@ -25,7 +25,7 @@ from experts.models import load_model
 from musketeers.adapters import build_adapter, count_trainable
 from musketeers.conditioning import Conditioner, SentenceEncoder
 from musketeers.config import ConfigError, RunConfig, load_resolved_config
-from musketeers.data import build_prompt, load_split
+from musketeers.data import build_prompt, load_split, system_prompt
 
 CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.jsonl"
 
@@ -92,7 +92,7 @@ def build_conditioner(cfg: RunConfig, policy, tokenizer) -> Conditioner:
         return Conditioner(cfg, tokenizer=tokenizer)
     from experts.pool import ExpertPool
 
-    pool = ExpertPool(cfg.team, cfg.task, seed=cfg.seed)
+    pool = ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed)
     encoder = None
     if cfg.method == "hard_routing":
         encoder = SentenceEncoder(*load_model(cfg.adapter.router_encoder, causal_lm=False, device=device_for_training()))
