@@ -1,6 +1,6 @@
 """ExpertPool: a team of frozen experts behind one API, as Ray actors or in-process.
 
-    with ExpertPool(cfg.team, cfg.task, seed=cfg.seed) as pool:
+    with ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed) as pool:
         states = pool.encode(questions)         # [B, d_i] float32 CPU tensors, in team order
         state = pool.encode_expert(2, qs)       # hard routing: only expert 2 runs
         hints = pool.generate_hints(qs, 128)    # text-hints baseline: [expert][question] strings
@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from experts.cache import DiskCache, StateCache, fingerprint
+from experts.config import ExpertConfig, TeamConfig
+from experts.models import model_identity, one_line
 from experts.worker import ExpertLoadError, ExpertWorker
-from musketeers.config import ExpertConfig, TaskConfig, TeamConfig
 
 BACKENDS = ("ray", "local")
 MAX_RESTARTS = 8  # restarts of a dead expert actor before its calls fail
@@ -36,11 +37,11 @@ class RayExpertWorker(ExpertWorker):
     """The body of an expert actor: its own thread count, and a load error kept for info() (an
     exception in an actor's constructor would surface as a long traceback, not one line)."""
 
-    def __init__(self, expert: ExpertConfig, task: TaskConfig, pooling: str, seed: int, threads: int):
+    def __init__(self, expert: ExpertConfig, system_prompt: str | None, pooling: str, seed: int, threads: int):
         torch.set_num_threads(threads)
         self.load_error = None
         try:
-            super().__init__(expert, task, pooling, seed)
+            super().__init__(expert, system_prompt, pooling, seed)
         except ExpertLoadError as e:
             self.load_error = str(e)
 
@@ -67,10 +68,11 @@ def init_ray(num_cpus: float) -> bool:
 
 
 class ExpertPool:
-    """A team's experts: pooled hidden states (cached), hard-routed single experts, text hints."""
+    """A team's experts: pooled hidden states (cached), hard-routed single experts, text hints.
+    Every expert reads `system_prompt` (the task's system prompt text; None: none) before a question."""
 
-    def __init__(self, team: TeamConfig, task: TaskConfig, seed: int = 0, backend: str | None = None):
-        self.team, self.task, self.seed = team, task, seed
+    def __init__(self, team: TeamConfig, system_prompt: str | None, seed: int = 0, backend: str | None = None):
+        self.team, self.system_prompt, self.seed = team, system_prompt, seed
         self.backend = backend or team.backend
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown expert backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
@@ -91,7 +93,7 @@ class ExpertPool:
     def _start(self) -> list[dict]:
         experts, pooling = self.team.experts, self.team.pooling
         if self.backend == "local":
-            self.workers = [ExpertWorker(e, self.task, pooling, self.seed) for e in experts]
+            self.workers = [ExpertWorker(e, self.system_prompt, pooling, self.seed) for e in experts]
             return [w.info() for w in self.workers]
         import ray
 
@@ -103,7 +105,7 @@ class ExpertPool:
             options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "max_restarts": MAX_RESTARTS,
                        "max_task_retries": MAX_TASK_RETRIES,
                        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
-            self.workers.append(actor.options(**options).remote(e, self.task, pooling, self.seed, threads))
+            self.workers.append(actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads))
         pending = [w.info.remote() for w in self.workers]  # all experts load concurrently
         return [self._loaded(e, ref) for e, ref in zip(experts, pending)]
 
@@ -111,8 +113,6 @@ class ExpertPool:
     def _loaded(expert: ExpertConfig, ref) -> dict:
         """An expert actor's info once it has loaded, or its failure as one ExpertLoadError line."""
         import ray
-
-        from musketeers.models import one_line
 
         try:
             info = ray.get(ref)
@@ -146,12 +146,9 @@ class ExpertPool:
     def _disk_cache(self, expert: ExpertConfig) -> DiskCache | None:
         if not self.team.cache_dir:
             return None
-        from musketeers.data import system_prompt
-        from musketeers.models import model_identity
-
         fields = {"model": model_identity(expert.model), "name": expert.name, "dtype": expert.dtype,
                   "pooling": self.team.pooling, "seed": self.seed, "max_length": expert.max_length,
-                  "system_prompt": system_prompt(self.task)}
+                  "system_prompt": self.system_prompt}
         safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in expert.name)
         directory = Path(self.team.cache_dir).expanduser() / f"{safe_name}-{fingerprint(fields)}"
         return DiskCache(directory, {k: str(v) for k, v in fields.items()})

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from musketeers.config import POOLINGS  # the one list of poolings
+from experts.config import POOLINGS  # the one list of poolings
 
 
 def prompt_choice(seed: int, expert: str, question: str) -> int:

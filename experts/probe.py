@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 
+from experts.config import TeamConfig
 from experts.pool import ExpertPool
-from musketeers.config import TaskConfig, TeamConfig
 
 PROBE_QUESTIONS = (
     "What is 17 + 25?",
@@ -21,11 +21,11 @@ PROBE_QUESTIONS = (
 )
 
 
-def probe_team(team: TeamConfig, task: TaskConfig, *, backend: str | None = None, repeats: int = 3,
+def probe_team(team: TeamConfig, system_prompt: str | None, *, backend: str | None = None, repeats: int = 3,
                questions: tuple[str, ...] = PROBE_QUESTIONS) -> list[dict]:
     """Start the team, describe each expert and time one batch of `questions` (median of `repeats`)."""
     rows = []
-    with ExpertPool(team, task, backend=backend) as pool:
+    with ExpertPool(team, system_prompt, backend=backend) as pool:
         for index, info in enumerate(pool.infos):  # one expert at a time: timings do not share cores
             bench = pool.benchmark(index, list(questions), repeats)
             rows.append({**info, "backend": pool.backend, "batch": len(questions),

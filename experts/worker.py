@@ -1,7 +1,7 @@
 """One frozen expert: a model read through its own tokenizer, giving one pooled state per prompt.
 
 An `ExpertWorker` runs in-process (the local backend) or inside a Ray actor (see pool.py). It
-builds each question's text with the expert's own chat template and the task's system prompt
+builds each question's text with the expert's own chat template and the system prompt it is handed
 (no assistant prefill: the expert reads the question, it does not answer it), cuts long prompts
 from the left so the end of the question stays, and pads batches itself. Padding is invisible to
 the result: the attention mask and explicit position ids (cumsum(mask) - 1) make a prompt's state
@@ -10,17 +10,17 @@ the same alone or in a batch, padded on either side.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import time
 
 import torch
 
-from experts.pooling import POOLINGS, needs_all_layers, pool_hidden_states, prompt_choice
-from musketeers.config import ExpertConfig, TaskConfig
-from musketeers.data import build_prompt
-from musketeers.errors import MusketeersError
+from experts.config import POOLINGS, ExpertConfig
+from experts.errors import MusketeersError
+from experts.models import load_model, one_line
+from experts.pooling import needs_all_layers, pool_hidden_states, prompt_choice
+from experts.prompt import chat_prompt
 
 
 class ExpertLoadError(MusketeersError, RuntimeError):
@@ -29,8 +29,6 @@ class ExpertLoadError(MusketeersError, RuntimeError):
 
 def load_expert_model(expert: ExpertConfig):
     """(model, tokenizer) of an expert, frozen; any failure becomes one ExpertLoadError line."""
-    from musketeers.models import load_model, one_line
-
     try:
         model, tokenizer = load_model(expert.model, dtype=expert.dtype, device=expert.device,
                                       trust_remote_code=expert.trust_remote_code)
@@ -43,12 +41,11 @@ def load_expert_model(expert: ExpertConfig):
 class ExpertWorker:
     """Holds one frozen expert and answers encode / generate / info requests."""
 
-    def __init__(self, expert: ExpertConfig, task: TaskConfig, pooling: str = "last_token", seed: int = 0,
+    def __init__(self, expert: ExpertConfig, system_prompt: str | None, pooling: str = "last_token", seed: int = 0,
                  padding_side: str = "left", batch_size: int = 16):
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
-        self.expert = expert
-        self.task = dataclasses.replace(task, assistant_prefill="")  # experts read, they do not answer
+        self.expert, self.system_prompt = expert, system_prompt  # the task's system prompt text (None: none)
         self.pooling, self.seed = pooling, seed
         self.padding_side, self.batch_size = padding_side, batch_size
         start = time.perf_counter()
@@ -63,7 +60,7 @@ class ExpertWorker:
 
     def prompt(self, question: str) -> str:
         """The text this expert reads for a question (its own chat template, no prefill)."""
-        return build_prompt(question, self.tokenizer, self.task)
+        return chat_prompt(question, self.tokenizer, self.system_prompt)
 
     def tokenize(self, questions: list[str], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) [B, T] on the model's device, each prompt cut from the left

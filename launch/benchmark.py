@@ -118,7 +118,8 @@ def team_config(key: str, args):
     """The expert team of configuration c or d (None for a and b)."""
     import yaml
 
-    from musketeers.config import ExpertConfig, TeamConfig, _build, resolve_config_file
+    from experts.config import ExpertConfig, TeamConfig
+    from musketeers.config import _build, resolve_config_file
 
     if key in ("a", "b"):
         return TeamConfig(name="none")

@@ -37,7 +37,7 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 def cmd_data_show(args: argparse.Namespace) -> None:
     from musketeers.data import build_prompt, load_split
-    from musketeers.models import load_tokenizer
+    from experts.models import load_tokenizer
     from rewards import reference_completion, score_completion
 
     if args.n < 1:
@@ -69,9 +69,10 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 def cmd_experts_probe(args: argparse.Namespace) -> None:
     from experts.probe import format_probe, probe_team
+    from musketeers.data import system_prompt
 
     cfg = load_run_config(args.task, [f"team={args.team}", *args.overrides])
-    print(format_probe(probe_team(cfg.team, cfg.task, backend=args.backend)))
+    print(format_probe(probe_team(cfg.team, system_prompt(cfg.task), backend=args.backend)))
 
 
 # ----------------------------------------------------------------------------- train

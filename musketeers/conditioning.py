@@ -104,10 +104,11 @@ def build_conditioner(cfg: RunConfig, policy_dim: int, tokenizer, device: str | 
     method = METHODS[cfg.method]
     if not method.experts:
         return Conditioner(cfg, tokenizer=tokenizer)
+    from experts.models import load_model
     from experts.pool import ExpertPool
-    from musketeers.models import load_model
+    from musketeers.data import system_prompt
 
-    pool = ExpertPool(cfg.team, cfg.task, seed=cfg.seed)
+    pool = ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed)
     encoder = None
     if method.encoder:
         encoder = SentenceEncoder(*load_model(cfg.adapter.router_encoder, causal_lm=False, device=device))

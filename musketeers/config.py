@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from experts.config import TeamConfig
 from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS  # the one registry of methods
 
@@ -38,7 +39,6 @@ def _config_dir() -> Path:
 
 CONFIG_DIR = _config_dir()
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
-POOLINGS = ("last_token", "first_token", "random_token", "first_layer", "random_layer")
 CONTEXT_POSITIONS = ("after_first", "prefix", "suffix")  # where C sits in the prompt: musketeers/context.py
 REFERENCE_CONTEXTS = ("zeros", "none")  # what the KL reference sees where C sits: musketeers/context.py
 
@@ -75,27 +75,6 @@ class TaskConfig:
     data_seed: int = 0  # fixed across training seeds, so every seed is evaluated on the same items
     path: str | None = None  # gsm8k: local directory of jsonl files; None = the hub
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-
-
-@dataclass
-class ExpertConfig:
-    name: str
-    model: str
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "bfloat16"
-    device: str = "auto"
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
-    trust_remote_code: bool = False
-    max_length: int = 1024  # prompt tokens an expert reads; longer prompts are cut from the left
-
-
-@dataclass
-class TeamConfig:
-    name: str = ""
-    backend: Literal["ray", "local"] = "ray"
-    pooling: Literal[POOLINGS] = "last_token"
-    experts: list[ExpertConfig] = field(default_factory=list)
-    cache_dir: str | None = None  # on-disk cache of pooled states; None = in memory only
 
 
 @dataclass
@@ -498,7 +477,7 @@ def _validate_datasets(task: TaskConfig, fail: typing.Callable[[str, str], typin
 
 
 def _validate_models(cfg: RunConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
-    from musketeers.models import parse_model_ref
+    from experts.models import parse_model_ref
 
     refs = [("policy.model", cfg.policy.model)]
     refs += [(f"team.experts[{i}].model", e.model) for i, e in enumerate(cfg.team.experts)]

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from experts.prompt import chat_prompt
 from musketeers.config import ConfigError, TaskConfig
 
 VALIDATION_SEED_OFFSET = 10_000_000
@@ -62,18 +63,12 @@ def hints_block(hints: Sequence[tuple[str, str]]) -> str:
 
 
 def build_prompt(question: str, tokenizer: Any, task: TaskConfig, hints: Sequence[tuple[str, str]] = ()) -> str:
-    """The one place prompts are built: system prompt + question (+ an "[Expert Hints]" block of
-    (expert name, hint) pairs) through the tokenizer's chat template, then the assistant prefill.
-    Tokenizers without a chat template get a plain layout."""
+    """The one place policy prompts are built: system prompt + question (+ an "[Expert Hints]" block
+    of (expert name, hint) pairs) through the tokenizer's chat template (a plain layout without one),
+    then the assistant prefill. The layout is experts.prompt.chat_prompt, the text experts read."""
     if hints:
         question = f"{question}\n\n{hints_block(hints)}"
-    system = system_prompt(task)
-    if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = (f"{system.rstrip()}\n\n" if system else "") + f"User: {question}\nAssistant: "
-    return text + task.assistant_prefill
+    return chat_prompt(question, tokenizer, system_prompt(task)) + task.assistant_prefill
 
 
 # ----------------------------------------------------------------------------- Reasoning Gym
@@ -153,7 +148,7 @@ class TrainSplit(Sequence):
 
 def _cached_keys(validation: ValidationSplit) -> set[str]:
     """Validation question keys, cached on disk by the identity of the generated items."""
-    from musketeers.models import cache_dir
+    from experts.models import cache_dir
 
     import reasoning_gym
 

@@ -1,9 +1,10 @@
-"""Errors caused by the user's input (a config, an argument, a model reference, a dataset name).
+"""Errors caused by the user's input: the CLI reports any MusketeersError as one line on stderr and
+exits with code 2; anything else is a bug and keeps its traceback.
 
-The CLI reports any MusketeersError as one line on stderr and exits with code 2; anything else is
-a bug and keeps its traceback.
+The class is defined in experts/errors.py (experts import nothing from musketeers, and their load
+errors must reach the CLI the same way); the learner's modules import it from here.
 """
 
+from experts.errors import MusketeersError
 
-class MusketeersError(Exception):
-    """A bad input, with a one-line message naming the culprit and what would be valid."""
+__all__ = ["MusketeersError"]

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
+from experts.models import load_model
 from musketeers.adapters import count_trainable
 from musketeers.conditioning import build_conditioner
 from musketeers.config import ConfigError, RunConfig
 from musketeers.data import build_prompt, load_split
-from musketeers.models import load_model
 from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, TENSORBOARD_DIR, append_metrics, checkpoint_step, is_run_dir,
                                last_checkpoint, new_run_dir, read_config, read_metrics, truncate_metrics)
 

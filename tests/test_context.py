@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from experts.models import load_model
 from musketeers.config import CONTEXT_POSITIONS
 from musketeers.context import ContextLayout, distinct_rows, generate_with_context, insert_context
-from musketeers.models import load_model
 
 
 @pytest.fixture(scope="module", params=["llama:hidden_size=64", "gpt2:hidden_size=64",

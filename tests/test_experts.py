@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from experts import POOLINGS, ExpertLoadError, ExpertPool, ExpertWorker, prompt_choice
+from experts.config import ExpertConfig, TeamConfig
 from experts.probe import format_probe, probe_team
-from musketeers.config import ExpertConfig, TaskConfig, TeamConfig
-from musketeers.data import build_prompt
+from musketeers.config import TaskConfig
+from musketeers.data import build_prompt, system_prompt
 
 SEED = 3
 EXPERTS = [  # the bytes expert reads at most 120 tokens, so the long question is cut from the left
@@ -28,6 +29,7 @@ EXPERTS = [  # the bytes expert reads at most 120 tokens, so the long question i
 ]
 TASK = TaskConfig(name="test", system_prompt_text="Think, then answer inside <answer></answer>.",
                   assistant_prefill="<answer>")
+SYSTEM = system_prompt(TASK)  # what the learner hands its experts
 QUESTIONS = [
     "What is 2 + 2?",
     "Sort these numbers in ascending order: 31, 7, 12, 99, 4, 56, 23, 18, 71, 2, 64, 45, 9, 88, 15, 37. "
@@ -49,7 +51,7 @@ def delta(after: dict, before: dict, key: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def workers():
-    return [ExpertWorker(e, TASK, seed=SEED) for e in EXPERTS]
+    return [ExpertWorker(e, SYSTEM, seed=SEED) for e in EXPERTS]
 
 
 @contextmanager
@@ -64,7 +66,7 @@ def configured(worker, pooling, padding_side="left"):
 
 @pytest.fixture(scope="module")
 def local_pool():
-    with ExpertPool(team("random_token"), TASK, seed=SEED, backend="local") as pool:
+    with ExpertPool(team("random_token"), SYSTEM, seed=SEED, backend="local") as pool:
         yield pool
 
 
@@ -83,7 +85,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def ray_pool(ray_session):
-    with ExpertPool(team("random_token", backend="ray"), TASK, seed=SEED) as pool:
+    with ExpertPool(team("random_token", backend="ray"), SYSTEM, seed=SEED) as pool:
         yield pool
 
 
@@ -221,7 +223,7 @@ def test_disk_cache_survives_a_new_pool(tmp_path, monkeypatch):
 
     experts_ = [EXPERTS[0], EXPERTS[2]]
     request = [q for q in QUESTIONS[:3] for _ in range(4)]
-    with ExpertPool(team(experts=experts_, cache_dir=str(tmp_path)), TASK, seed=SEED) as first:
+    with ExpertPool(team(experts=experts_, cache_dir=str(tmp_path)), SYSTEM, seed=SEED) as first:
         want = first.encode(request)
         first.encode(["one more prompt"])
         assert [s["forwards"] for s in first.stats.values()] == [4, 4]
@@ -229,14 +231,14 @@ def test_disk_cache_survives_a_new_pool(tmp_path, monkeypatch):
     assert len(shards) == 4 and not list(tmp_path.rglob("*.tmp"))
     (shards[0].parent / "corrupt.safetensors").write_bytes(b"not a shard")  # skipped, not fatal
     monkeypatch.setattr(experts.cache, "MERGE_AT", 2)  # ... and then merged with the others
-    with ExpertPool(team(experts=experts_, cache_dir=str(tmp_path)), TASK, seed=SEED) as second:
+    with ExpertPool(team(experts=experts_, cache_dir=str(tmp_path)), SYSTEM, seed=SEED) as second:
         assert [s["loaded_from_disk"] for s in second.stats.values()] == [4, 4]
         got = second.encode(request)
         assert [s["forwards"] for s in second.stats.values()] == [0, 0]
         assert [s["hits"] for s in second.stats.values()] == [12, 12]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert len(sorted(tmp_path.rglob("*.safetensors"))) == 2  # one merged shard per expert
-    with ExpertPool(team("first_token", experts=experts_, cache_dir=str(tmp_path)), TASK, seed=SEED) as other:
+    with ExpertPool(team("first_token", experts=experts_, cache_dir=str(tmp_path)), SYSTEM, seed=SEED) as other:
         other.encode(request)  # another pooling is another cache
         assert [s["forwards"] for s in other.stats.values()] == [3, 3]
 
@@ -265,7 +267,7 @@ def test_bad_model_fails_start_with_one_line_naming_the_expert(tmp_path, backend
         request.getfixturevalue("ray_session")  # join the module's Ray instead of starting one
     broken = ExpertConfig("broken-expert", str(tmp_path), dtype="float32")  # a folder without a model
     with pytest.raises(ExpertLoadError) as caught:
-        ExpertPool(team(experts=[EXPERTS[2], broken], backend=backend), TASK)
+        ExpertPool(team(experts=[EXPERTS[2], broken], backend=backend), SYSTEM)
     message = str(caught.value)
     assert "\n" not in message and "broken-expert" in message and "cannot load model" in message
     if backend == "ray":
@@ -281,14 +283,14 @@ def test_missing_gpus_fail_start_instead_of_hanging(ray_session):
     if ray.cluster_resources().get("GPU", 0) >= 0.5:
         pytest.skip("this machine has a GPU")
     with pytest.raises(ExpertLoadError, match="need 0.5 GPU"):
-        ExpertPool(team(experts=[gpu_expert], backend="ray"), TASK)
+        ExpertPool(team(experts=[gpu_expert], backend="ray"), SYSTEM)
 
 
 SHUTDOWN_SCRIPT = r"""
 import json, time, psutil, torch, ray
 torch.set_num_threads(1)
 from experts import ExpertPool
-from musketeers.config import ExpertConfig, TaskConfig, TeamConfig
+from experts.config import ExpertConfig, TeamConfig
 
 def alive(proc):
     try:
@@ -304,9 +306,8 @@ def wait_gone(procs, timeout=30):
 
 team = TeamConfig(name="t", backend="ray", experts=[
     ExpertConfig("q", "random:qwen2:hidden_size=32,tokenizer=chars", dtype="float32")])
-task = TaskConfig(name="t", system_prompt="none")
-owner = ExpertPool(team, task)                # starts Ray
-guest = ExpertPool(team, task)                # joins it
+owner = ExpertPool(team, None)                # starts Ray (no system prompt)
+guest = ExpertPool(team, None)                # joins it
 guest_proc = psutil.Process(guest.infos[0]["pid"])
 guest.encode(["hi"])
 guest.shutdown()
@@ -355,7 +356,7 @@ def test_hints_are_at_most_n_expert_tokens(local_pool, max_new_tokens):
 
 
 def test_probe_describes_every_expert():
-    rows = probe_team(team(experts=EXPERTS[:1] + EXPERTS[2:]), TASK, repeats=1)
+    rows = probe_team(team(experts=EXPERTS[:1] + EXPERTS[2:]), SYSTEM, repeats=1)
     assert [r["name"] for r in rows] == ["llama-bytes", "qwen2-chars"]
     assert [r["hidden_size"] for r in rows] == [48, 80]
     assert all(r["parameters"] > 0 and r["latency_ms"] > 0 and r["vocab_size"] > 0 for r in rows)
@@ -366,7 +367,7 @@ def test_probe_describes_every_expert():
 @pytest.mark.parametrize("name", ["default", "generalist", "naive", "llm", "embedded"])
 def test_every_team_file_resolves(name):
     from musketeers.config import load_run_config
-    from musketeers.models import parse_model_ref
+    from experts.models import parse_model_ref
 
     cfg = load_run_config("arithmetic", [f"team={name}"])
     assert cfg.team.experts

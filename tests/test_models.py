@@ -1,4 +1,4 @@
-"""musketeers.models: reference parsing, random models, synthetic tokenizers, embedded conversion."""
+"""experts.models: reference parsing, random models, synthetic tokenizers, embedded conversion."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from musketeers import embedded
-from musketeers.models import (
+from experts import embedded
+from experts.models import (
     EMBEDDED_MODELS,
     ModelLoadError,
     ModelRef,
@@ -194,7 +194,7 @@ def test_gpt2_tokenizer_matches_tiktoken(monkeypatch):
     tiktoken = pytest.importorskip("tiktoken")
     from tiktoken.load import load_tiktoken_bpe
 
-    from musketeers.embedded import GPT2_PATTERN, gpt2_tiktoken_path
+    from experts.embedded import GPT2_PATTERN, gpt2_tiktoken_path
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the file directly, no copy in /tmp
     ranks = load_tiktoken_bpe(str(gpt2_tiktoken_path()))

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from experts.models import load_model
 from musketeers.adapters import PerceiverAdapter
 from musketeers.config import load_run_config
 from musketeers.context import ContextLayout, insert_context, positions_from_mask
 from musketeers.data import build_prompt, load_split
-from musketeers.models import load_model
+from experts.models import load_model
 from musketeers.rundir import read_metrics
 from musketeers.train import train
 

@@ -1,4 +1,6 @@
-"""The one place that resolves model references and loads models and tokenizers.
+"""The one place that resolves model references and loads models and tokenizers: the experts'
+and the learner's (policy, router encoder). It lives in experts/ because experts import nothing
+from musketeers.
 
 Reference strings:
   - a hub id (``Qwen/Qwen2.5-3B-Instruct``) or a local path (``./ckpt``, ``/models/x``, ``~/m``)

