@@ -20,7 +20,6 @@ Prints a markdown table and writes all figures as JSON (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -173,6 +172,7 @@ def main(argv=None) -> None:
     from musketeers.context import ContextLayout
     from musketeers.data import build_prompt, load_split
     from musketeers.evaluate import eos_token_ids
+    from musketeers.rundir import write_json_atomic
     from musketeers.conditioning import build_conditioner
     from musketeers.train import build_policy
 
@@ -222,8 +222,7 @@ def main(argv=None) -> None:
             results["positions"][position] = entry
     results["seconds"] = round(time.perf_counter() - start, 1)
     conditioner.pool.shutdown()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    write_json_atomic(Path(args.out), results)
     print(table(results))
     log(f"wrote {args.out} ({results['seconds']} s)")
 

@@ -18,7 +18,7 @@ objective with the KL term). We override only what the context tokens touch:
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
 
 With method "single" the passes are TRL's but faster (2, 3): the other overrides fall through.
-Everything the trainer keeps beyond TRL's own state is one `StepState` (self.step).
+Everything the trainer keeps beyond TRL's own state is one `RoundState` (self.round_state).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ CONDITIONING_KEY = "conditioning"  # TRL batch-dict entry holding the method's s
 
 
 @dataclass
-class StepState:
+class RoundState:
     """What the trainer keeps beyond TRL's state, for the generation round in progress.
 
     context    C that generation and the log-prob passes see now (None: the plain prompt); the
@@ -86,7 +86,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         self.conditioner, self.router_lr = conditioner, router_lr  # create_optimizer may run inside __init__
         super().__init__(*args, **kwargs)
         self.no_context_reward_every = no_context_reward_every
-        self.step = StepState()
+        self.round_state = RoundState()
         if not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter") or "ref" in self.model.peft_config:
             raise ValueError("pass the base policy with peft_config: the reference is the policy with LoRA disabled")
         if self.beta != 0.0:
@@ -107,7 +107,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         cond = self.conditioner.prepare([x["question"] for x in inputs], training=mode == "train")
         if cond.prompts is not None:  # text hints rewrite the prompt
             inputs = [{**x, "prompt": p} for x, p in zip(inputs, cond.prompts)]
-        self.step.timings = {"experts": self.conditioner.timings.get("experts", 0.0), "generation": 0.0, "logprobs": 0.0}
+        self.round_state.timings = {"experts": self.conditioner.timings.get("experts", 0.0), "generation": 0.0, "logprobs": 0.0}
         with self._context_as(cond.context):
             output = super()._generate_and_score_completions(inputs)
             if mode == "train" and self._no_context_reward_due():
@@ -116,29 +116,29 @@ class MusketeersGRPOTrainer(GRPOTrainer):
             output[CONDITIONING_KEY] = cond.stored
         for key, value in {**cond.metrics, **self._pool_metrics()}.items():
             self._metrics[mode][key].append(value)
-        for key, value in self.step.timings.items():
+        for key, value in self.round_state.timings.items():
             self._metrics[mode][f"time/{key}"].append(value)
         return output
 
     @contextmanager
     def _context_as(self, context: torch.Tensor | None):
-        previous, self.step.context = self.step.context, context
+        previous, self.round_state.context = self.round_state.context, context
         try:
             yield
         finally:
-            self.step.context = previous
+            self.round_state.context = previous
 
     @contextmanager
     def _reference_policy(self):
         """The KL reference: the policy with LoRA disabled, conditioned as the layout's reference says."""
-        context = self.step.context
+        context = self.round_state.context
         reference_context = None if context is None else self.conditioner.layout.reference_context(context)
-        self.step.reference = True
+        self.round_state.reference = True
         try:
             with self.accelerator.unwrap_model(self.model).disable_adapter(), self._context_as(reference_context):
                 yield
         finally:
-            self.step.reference = False
+            self.round_state.reference = False
 
     def _pool_metrics(self) -> dict[str, float]:
         """Expert forwards and cache hits of this generation round (the pool counts since its start)."""
@@ -149,8 +149,8 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         for per_expert in pool.stats.values():
             totals["experts/forwards"] += per_expert.get("forwards", 0)
             totals["experts/cache_hits"] += per_expert.get("hits", 0)
-        previous = self.step.pool_totals or {k: 0 for k in totals}
-        self.step.pool_totals = totals
+        previous = self.round_state.pool_totals or {k: 0 for k in totals}
+        self.round_state.pool_totals = totals
         return {k: float(v - previous[k]) for k, v in totals.items()}
 
     # ------------------------------------------------------------------------- 2. generation
@@ -158,11 +158,11 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         start = time.perf_counter()
         if self.use_vllm or self.use_transformers_continuous_batching or images is not None or multimodal_fields:
-            if self.step.context is not None:
+            if self.round_state.context is not None:
                 raise ValueError("context tokens support plain HF generation of text prompts only")
             result = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         else:  # every method: one prefill per distinct prompt, not per completion
-            result = self._generate_with_context(prompt_ids, self.step.context), None
+            result = self._generate_with_context(prompt_ids, self.round_state.context), None
         self._add_time("generation", start)
         return result
 
@@ -186,7 +186,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         with self._reference_policy() if reference else nullcontext():
             model = self.model if reference else model
             if compute_aux_loss or any(v is not None for v in kwargs.values()):  # MoE / multimodal: TRL's own pass
-                if self.step.context is not None:
+                if self.round_state.context is not None:
                     raise ValueError("context tokens support text-only, dense policies")
                 result = super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **kwargs)
@@ -202,7 +202,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         TRL's fused LM head, as in its own pass; only the completion's hidden states reach it (TRL
         projects every position where Triton is missing, e.g. on CPU, 3-4x the head's work here).
         """
-        context, layout = self.step.context, self.conditioner.layout
+        context, layout = self.round_state.context, self.conditioner.layout
         if context is not None:
             if context.shape[0] != input_ids.shape[0]:
                 raise RuntimeError(f"context has {context.shape[0]} rows, the log-prob batch {input_ids.shape[0]}")
@@ -228,8 +228,8 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     def _add_time(self, key: str, start: float) -> None:
-        if key in self.step.timings:
-            self.step.timings[key] += time.perf_counter() - start
+        if key in self.round_state.timings:
+            self.round_state.timings[key] += time.perf_counter() - start
 
     # ------------------------------------------------------------------------- 4. loss
 
@@ -251,7 +251,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         no C: training.reference_context); logged, not trained on."""
         prompts = [x["prompt"] for x in inputs]
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        completion_ids = self._generate_with_context(prompt_ids, self.conditioner.layout.reference_context(self.step.context))
+        completion_ids = self._generate_with_context(prompt_ids, self.conditioner.layout.reference_context(self.round_state.context))
         completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion")}
         rewards = self.reward_funcs[0](prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)

@@ -11,11 +11,10 @@ from musketeers.adapters import PerceiverAdapter
 from musketeers.config import load_run_config
 from musketeers.context import ContextLayout, insert_context, positions_from_mask
 from musketeers.data import build_prompt, load_split
-from experts.models import load_model
 from musketeers.rundir import read_metrics
 from musketeers.train import train
 
-TINY_TEAM = Path(__file__).parent / "fixtures" / "team_tiny.yaml"
+TINY_TEAM = Path(__file__).parents[1] / "fixtures" / "team_tiny.yaml"
 POLICY = "embedded:smollm2-135m-instruct"
 
 

@@ -13,7 +13,7 @@ from musketeers.metrics import routing_entropy
 torch.set_num_threads(1)
 
 DIMS, OUT, ENC = [24, 40, 32], 48, 16
-TASK = str(Path(__file__).parent / "fixtures" / "task_tiny.yaml")
+TASK = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")
 SMALL = dict(latent_dim=32, num_queries=4, num_heads=4)
 
 

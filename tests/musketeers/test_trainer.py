@@ -12,7 +12,7 @@ from musketeers.rundir import read_metrics
 from musketeers.train import build_trainer, train
 from musketeers.trainer import CONDITIONING_KEY
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 TASK = str(FIXTURES / "task_tiny.yaml")
 
 
@@ -103,7 +103,7 @@ def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, mo
     original = trainer_module.insert_context
 
     def spy(embeds, mask, context, slot):
-        seen.append((trainer.step.reference, context.detach().clone()))
+        seen.append((trainer.round_state.reference, context.detach().clone()))
         return original(embeds, mask, context, slot)
 
     import musketeers.context as context_module

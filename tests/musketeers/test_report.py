@@ -10,7 +10,7 @@ import yaml
 from musketeers import report as rp
 from musketeers.config import load_run_config
 
-TASK = str(Path(__file__).parent / "fixtures" / "task_tiny.yaml")
+TASK = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")
 EXPERTS = ("llama-48", "gpt2-64", "qwen2-80")
 
 

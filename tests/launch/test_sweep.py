@@ -10,7 +10,7 @@ import yaml
 from musketeers import train as train_module
 from musketeers.rundir import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASK = str(REPO / "tests" / "fixtures" / "task_tiny.yaml")
 TINY = ["training.max_steps=2", "training.save_steps=1", "training.gradient_accumulation_steps=1"]
 

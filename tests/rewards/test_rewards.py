@@ -27,7 +27,7 @@ from rewards import (
 )
 from rewards.answer_guard import is_safe_answer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GSM8K_DIR = REPO.parent / "shared/data/gsm8k"
 FAMILIES = ("arithmetic", "algorithmic", "logic")
 ITEMS_PER_DATASET = {"zebra_puzzles": 2, "intermediate_integration": 3}  # slow generators

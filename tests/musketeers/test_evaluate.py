@@ -12,7 +12,7 @@ from musketeers.config import load_run_config
 from musketeers.data import load_split
 from rewards import reference_completion
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 TASK = str(FIXTURES / "task_tiny.yaml")
 TWO_DATASETS = ('task.datasets=[{name: chain_sum, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}},'
                 ' {name: basic_arithmetic, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}]')

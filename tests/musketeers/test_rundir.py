@@ -8,7 +8,7 @@ import pytest
 from musketeers import rundir
 from musketeers.config import load_run_config
 
-TASK = str(Path(__file__).parent / "fixtures" / "task_tiny.yaml")
+TASK = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")
 
 
 def config(tmp_path, *overrides):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "launch" / "benchmark.py"
+BENCHMARK = Path(__file__).resolve().parents[2] / "launch" / "benchmark.py"
 B, G, EXPERTS = 2, 3, 3
 
 

@@ -8,7 +8,7 @@ from musketeers.conditioning import Conditioner
 from musketeers.config import load_run_config
 from musketeers.data import build_prompt
 
-TASK = str(Path(__file__).parent / "fixtures" / "task_tiny.yaml")
+TASK = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")
 
 
 class CountingPool:
