@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sequential", action="store_true", help="run configurations one after another")
     p.add_argument("--alternate", action="store_true", help="with --paper-scale: take turns (all models loaded at once)")
     p.add_argument("--gradient-checkpointing", choices=("recipe", "on", "off"), default="recipe",
-                   help="recipe: as musketeers.train.grpo_config leaves it (TRL's default: on)")
+                   help="recipe: as a run decides it (training.activation_checkpointing: auto, from the model, batch and memory)")
     p.add_argument("--paper-scale", action="store_true",
                    help="Qwen2.5-3B-shaped policy, the default team's shapes as experts, 32 prompts x 8 x 128 tokens, bf16")
     args = p.parse_args(argv)
@@ -173,13 +173,17 @@ def build_trainer(key: str, args, out_dir: Path):
     with torch.device(args.device):  # random weights are initialised on the device directly
         policy, tokenizer, lora = recipe.build_policy(cfg)
         conditioner = build_conditioner(cfg, policy.get_input_embeddings().weight.shape[1], tokenizer, args.device) if key != "a" else None
-    grpo = recipe.grpo_config(cfg, out_dir / key)
+    dataset = prompt_set(args, tokenizer, cfg.task)
+    if args.gradient_checkpointing == "recipe":  # as train() decides it (training.activation_checkpointing: auto)
+        longest = max(len(tokenizer(p)["input_ids"]) for p in dataset["prompt"])
+        checkpointing = recipe.use_activation_checkpointing(cfg, policy, longest)
+    else:
+        checkpointing = args.gradient_checkpointing == "on"
+    grpo = recipe.grpo_config(cfg, out_dir / key, checkpointing)
     grpo.generation_kwargs = {"min_new_tokens": args.max_tokens}  # every completion has exactly max_tokens
     grpo.disable_tqdm = True
-    if args.gradient_checkpointing != "recipe":
-        grpo.gradient_checkpointing = args.gradient_checkpointing == "on"
     common = dict(model=policy, peft_config=lora, reward_funcs=[dense_reward], args=grpo, processing_class=tokenizer,
-                  train_dataset=prompt_set(args, tokenizer, cfg.task))
+                  train_dataset=dataset)
     if key == "a":
         trainer = GRPOTrainer(**common)
     else:

@@ -81,7 +81,7 @@ class TaskConfig:
 class LoraConfig:
     rank: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
@@ -125,6 +125,7 @@ class TrainingConfig:
     save_steps: int = 50
     no_context_reward_every: int = 0
     reference_context: Literal[REFERENCE_CONTEXTS] = "zeros"
+    activation_checkpointing: Literal["auto", "always", "never"] = "auto"  # not on/off: YAML reads those as booleans
 
 
 @dataclass

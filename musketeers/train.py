@@ -16,6 +16,7 @@ from musketeers.adapters import count_trainable
 from musketeers.conditioning import build_conditioner
 from musketeers.config import ConfigError, RunConfig
 from musketeers.data import build_prompt, load_split
+from musketeers.methods import METHODS
 from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, TENSORBOARD_DIR, append_metrics, checkpoint_step, is_run_dir,
                                last_checkpoint, new_run_dir, read_config, read_metrics, truncate_metrics)
 
@@ -56,6 +57,7 @@ def build_policy(cfg: RunConfig):
     """The policy model, its tokenizer and the LoRA config TRL wraps it with (TRL then takes the
     reference from the same model with LoRA disabled, instead of keeping an adapter copy)."""
     from peft import LoraConfig
+    from trl.trainer.utils import disable_dropout_in_model
 
     model, tokenizer = load_model(cfg.policy.model, dtype=cfg.policy.dtype, device="auto",
                                   trust_remote_code=cfg.policy.trust_remote_code)
@@ -67,15 +69,56 @@ def build_policy(cfg: RunConfig):
                           f"{sorted(n for n in modules if n.endswith('proj') or n.startswith('c_'))[:12]}")
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    # TRL samples and scores in train mode: the base model's own dropout (GPT-2 has 0.1) would make the
+    # sampling pass and the loss pass different networks; LoRA's stays policy.lora.dropout (0, the paper's)
+    disable_dropout_in_model(model)
     tokenizer.padding_side = "left"
     return model, tokenizer, config
 
 
-def grpo_config(cfg: RunConfig, run_dir: Path):
+# Activations the loss pass keeps for backward, per token and layer, in elements of the compute dtype:
+# an estimate for dense decoder layers (attention ~10h, gated MLP ~3f with f its inner size), fitted
+# to an H100 run at paper shapes (Qwen2.5-3B: about 19 GB for 32 rows of ~180 tokens, 36 layers).
+ACTIVATION_ELEMENTS = lambda h, f: 10 * h + 3 * f  # noqa: E731
+MEMORY_MARGIN = 0.8  # activations may fill at most this share of the memory still free
+
+
+def loss_pass_activation_bytes(model_config, tokens: int, dtype_bytes: int) -> int:
+    """Estimated activation memory of one loss micro-batch of `tokens` tokens without checkpointing."""
+    h = model_config.hidden_size
+    f = getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) or 4 * h
+    return tokens * model_config.num_hidden_layers * ACTIVATION_ELEMENTS(h, f) * dtype_bytes
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory still free where the policy trains (the experts and the policy are loaded by now)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def use_activation_checkpointing(cfg: RunConfig, policy, prompt_tokens: int) -> bool:
+    """training.activation_checkpointing: always, never, or auto: on only when the loss pass's activations
+    would not fit in MEMORY_MARGIN of the free memory (it re-runs every forward in backward, ~30% more
+    compute, which buys nothing when memory is not short)."""
+    t = cfg.training
+    if t.activation_checkpointing != "auto":
+        return t.activation_checkpointing == "always"
+    context = cfg.adapter.num_queries if METHODS[cfg.method].context_tokens else 0
+    tokens = t.prompts_per_batch * t.num_generations * (prompt_tokens + context + t.max_completion_length)
+    weights = policy.get_input_embeddings().weight
+    needed = loss_pass_activation_bytes(policy.config, tokens, weights.element_size())
+    return needed > MEMORY_MARGIN * free_memory_bytes(weights.device)
+
+
+def grpo_config(cfg: RunConfig, run_dir: Path, activation_checkpointing: bool):
     from trl import GRPOConfig
 
     t, cuda = cfg.training, torch.cuda.is_available()
     return GRPOConfig(
+        gradient_checkpointing=activation_checkpointing,
         output_dir=str(run_dir), seed=cfg.seed, use_cpu=not cuda, bf16=cuda and cfg.policy.dtype == "bfloat16",
         per_device_train_batch_size=t.prompts_per_batch * t.num_generations,  # TRL counts completions
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -101,18 +144,22 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     embeddings = policy.get_input_embeddings().weight
     conditioner = build_conditioner(cfg, embeddings.shape[1], tokenizer, embeddings.device)
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
-    args = grpo_config(cfg, run_dir)
+    dataset = prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task)
+    sample = dataset[: min(64, len(dataset))]["prompt"]  # the longest of these sizes the loss pass
+    checkpointing = use_activation_checkpointing(cfg, policy, max(len(tokenizer(p)["input_ids"]) for p in sample))
+    args = grpo_config(cfg, run_dir, checkpointing)
     args.reward_weights = weights
     callbacks = [MetricsLogger(run_dir),
                  TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR)))]
     trainer = MusketeersGRPOTrainer(
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
-        callbacks=callbacks,
-        train_dataset=prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task),
+        callbacks=callbacks, train_dataset=dataset,
         conditioner=conditioner, router_lr=cfg.training.router_lr,
         no_context_reward_every=cfg.training.no_context_reward_every,
     )
-    print(f"method {cfg.method}: trainable parameters {trainable_parameters(trainer)}", flush=True)
+    print(f"method {cfg.method}: trainable parameters {trainable_parameters(trainer)}; "
+          f"activation checkpointing {'on' if checkpointing else 'off'} (training.activation_checkpointing="
+          f"{cfg.training.activation_checkpointing})", flush=True)
     return trainer
 
 

@@ -166,7 +166,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         self._add_time("generation", start)
         return result
 
-    def _generate_with_context(self, prompt_ids: list[list[int]], context: torch.Tensor | None) -> list[list[int]]:
+    def _generate_with_context(self, prompt_ids: list[list[int]], context: torch.Tensor | None, **generate_kwargs) -> list[list[int]]:
         """Sample completions from the prompt with C in it (the plain prompt without C); each ends at its first EOS (kept)."""
         device = self.accelerator.device
         ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
@@ -175,7 +175,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
                                          generation_kwargs=self.generation_kwargs,
                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model:
             return generate_with_context(model, ids, mask, context, self.eos_token_ids, self.conditioner.layout,
-                                         generation_config=self.generation_config)
+                                         generation_config=self.generation_config, **generate_kwargs)
 
     # ------------------------------------------------------------------------- 3. log-probs
 

@@ -173,6 +173,51 @@ def test_generation_and_logprob_passes_share_the_layout(tmp_path, position):
     assert torch.allclose(logps, sampled, atol=1e-4)
 
 
+@pytest.mark.parametrize("policy, targets", [
+    ("random:llama:hidden_size=64", "[q_proj, v_proj]"), ("random:gpt2:hidden_size=64", "[c_attn, c_proj]"),
+    ("random:gemma3_text:hidden_size=64,sliding_window=4", "[q_proj, v_proj]")])
+def test_the_loss_pass_scores_sampled_tokens_as_the_sampling_pass_did(tmp_path, policy, targets):
+    """Exactness of sampling: the trainer's own generation (shared prefill, C after the first token,
+    left padding, G copies) samples from exactly the distribution its loss pass later computes, so the
+    importance ratio starts at 1; LoRA is made non-zero so the adapted weights take part."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    cfg = tiny_config(tmp_path, f"policy.model={policy}", f"policy.lora.target_modules={targets}", "training.temperature=0.7")
+    trainer = build_trainer(cfg, tmp_path)
+    torch.manual_seed(0)
+    for name, p in trainer.model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)
+    trainer.model.train()  # TRL samples and scores in train mode; LoRA dropout is 0 (policy.lora.dropout)
+
+    class Record(LogitsProcessor):  # runs before generate's temperature warper, which TRL sets to 0.7
+        steps = []
+
+        def __call__(self, input_ids, scores):
+            self.steps.append(torch.log_softmax(scores / trainer.temperature, -1))
+            return scores
+
+    questions = ["1 + 2 = ?", "a much longer question about 7 - 3 = ?", "9 - 9?"]
+    prompts = [f"User: {q}\nAssistant: " for q in questions for _ in range(2)]  # G = 2 copies each
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    context = torch.randn(3, 4, trainer.model.get_input_embeddings().weight.shape[1]).repeat_interleave(2, 0)
+    with torch.no_grad():  # no min_new_tokens: it would mask EOS out of the sampling distribution
+        rows = trainer._generate_with_context(prompt_ids, context, logits_processor=LogitsProcessorList([Record()]), max_new_tokens=5)
+        k = max(map(len, rows))
+        completions = torch.tensor([r + [trainer._tokenizer.pad_token_id] * (k - len(r)) for r in rows])
+        valid = torch.tensor([[1] * len(r) + [0] * (k - len(r)) for r in rows])
+        sampled = torch.stack(Record.steps[:k], 1).gather(-1, completions.unsqueeze(-1)).squeeze(-1)
+        from trl.trainer.utils import pad
+
+        ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=trainer._tokenizer.pad_token_id, padding_side="left")
+        mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left")
+        with trainer._context_as(context):
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, torch.cat([ids, completions], 1), torch.cat([mask, valid], 1), k)
+    logps, sampled = logps[valid.bool()], sampled[valid.bool()]
+    assert torch.allclose(logps, sampled, atol=1e-5), (logps - sampled).abs().max()
+
+
 def test_logprob_pass_scores_only_completions_and_equals_full_logits(tmp_path, monkeypatch):
     """The log-prob pass feeds only completion positions to the LM head; its log-probs and entropies equal
     TRL's own pass (no C) and a plain full-logits forward (with C), padding and micro-batches included."""
@@ -323,3 +368,26 @@ def test_a_run_that_cannot_start_leaves_no_run_directory(tmp_path):
     with pytest.raises(MusketeersError, match="cannot load model 'someone/not-cached'"):
         train(tiny_config(tmp_path, "policy.model=someone/not-cached"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_activation_checkpointing_is_decided_from_model_batch_and_memory(tmp_path, monkeypatch):
+    from transformers import Qwen2Config
+
+    from musketeers import train as recipe
+
+    # Qwen2.5-3B shapes, 32 rows of ~180 tokens, bf16: the H100 run held about 19 GB of activations
+    # without checkpointing (25.5 GB peak, 6.2 GB of weights); the estimate may err high, not low
+    qwen3b = Qwen2Config(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36)
+    estimate = recipe.loss_pass_activation_bytes(qwen3b, tokens=32 * 180, dtype_bytes=2)
+    assert 19e9 <= estimate <= 25e9
+
+    free = {"bytes": 10**12}
+    monkeypatch.setattr(recipe, "free_memory_bytes", lambda device: free["bytes"])
+    assert not build_trainer(tiny_config(tmp_path / "a"), tmp_path / "a").args.gradient_checkpointing  # fits: off
+    free["bytes"] = 1000
+    assert build_trainer(tiny_config(tmp_path / "b"), tmp_path / "b").args.gradient_checkpointing  # does not fit: on
+    forced = build_trainer(tiny_config(tmp_path / "c", "training.activation_checkpointing=never"), tmp_path / "c")
+    assert not forced.args.gradient_checkpointing
+    free["bytes"] = 10**12
+    forced = build_trainer(tiny_config(tmp_path / "d", "training.activation_checkpointing=always"), tmp_path / "d")
+    assert forced.args.gradient_checkpointing
