@@ -91,6 +91,11 @@ class StateCache:
         self.loaded = len(self.states)
         self.hits = self.misses = self.forwards = 0
 
+    @property
+    def width(self) -> int | None:
+        """The expert's hidden size, as its stored states show it (None: nothing stored yet)."""
+        return next(iter(self.states.values())).shape[0] if self.states else None
+
     def plan(self, questions: list[str]) -> tuple[list[bytes], list[str]]:
         """Keys of all questions, and the distinct questions not cached yet (to compute once each).
         Counts a miss per distinct new question and a hit per every other request."""

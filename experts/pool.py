@@ -25,6 +25,7 @@ import torch
 from experts.cache import DiskCache, StateCache, fingerprint
 from experts.config import ExpertConfig, TeamConfig
 from experts.models import model_identity, one_line
+from experts.pooling import uses_seed
 from experts.worker import ExpertLoadError, ExpertWorker
 
 BACKENDS = ("ray", "local")
@@ -78,11 +79,18 @@ class ExpertPool:
             raise ValueError(f"unknown expert backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
         if not team.experts:
             raise ValueError(f"team {team.name!r} has no experts")
-        self.workers: list = []  # ExpertWorker objects (local) or Ray actor handles
-        self._owns_ray = False
+        n = len(team.experts)
+        self.workers: list = [None] * n  # ExpertWorker objects (local) or Ray actor handles; None: not loaded
+        self.infos: list[dict] = [{} for _ in range(n)]
+        self.loads = 0  # expert models loaded by this pool
+        self._owns_ray = self._closed = False
         try:
-            self.infos = self._start()
             self._caches = [StateCache(self._disk_cache(e)) for e in team.experts]
+            # an expert whose states are on disk loads only when a prompt misses its cache
+            cached = {i: c.width for i, c in enumerate(self._caches) if c.width is not None}
+            for i, width in cached.items():
+                self.infos[i] = {"name": team.experts[i].name, "model": team.experts[i].model, "hidden_size": width}
+            self._start([i for i in range(n) if i not in cached])
         except BaseException:
             self.shutdown()
             raise
@@ -90,24 +98,33 @@ class ExpertPool:
 
     # ------------------------------------------------------------------ start / stop
 
-    def _start(self) -> list[dict]:
-        experts, pooling = self.team.experts, self.team.pooling
+    def _start(self, indices: list[int]) -> None:
+        """Load these experts (all at once on Ray) and record what each is."""
+        if not indices:
+            return
+        experts, pooling = [self.team.experts[i] for i in indices], self.team.pooling
         if self.backend == "local":
-            self.workers = [ExpertWorker(e, self.system_prompt, pooling, self.seed) for e in experts]
-            return [w.info() for w in self.workers]
+            for i, e in zip(indices, experts):
+                self.workers[i] = ExpertWorker(e, self.system_prompt, pooling, self.seed)
+                self.infos[i] = self.workers[i].info()
+                self.loads += 1
+            return
         import ray
 
-        self._owns_ray = init_ray(sum(e.num_cpus for e in experts))
-        self._check_resources()
+        if not ray.is_initialized():
+            self._owns_ray = init_ray(sum(e.num_cpus for e in self.team.experts))
+        self._check_resources(experts)
         actor = ray.remote(RayExpertWorker)
-        for e in experts:
+        for i, e in zip(indices, experts):
             threads = max(1, int(e.num_cpus))
             options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "max_restarts": MAX_RESTARTS,
                        "max_task_retries": MAX_TASK_RETRIES,
                        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
-            self.workers.append(actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads))
-        pending = [w.info.remote() for w in self.workers]  # all experts load concurrently
-        return [self._loaded(e, ref) for e, ref in zip(experts, pending)]
+            self.workers[i] = actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads)
+        pending = [self.workers[i].info.remote() for i in indices]  # all experts load concurrently
+        for i, e, ref in zip(indices, experts, pending):
+            self.infos[i] = self._loaded(e, ref)
+            self.loads += 1
 
     @staticmethod
     def _loaded(expert: ExpertConfig, ref) -> dict:
@@ -123,12 +140,12 @@ class ExpertPool:
             raise ExpertLoadError(info["error"])
         return info
 
-    def _check_resources(self, wait_s: float = 10.0) -> None:
+    def _check_resources(self, experts: list[ExpertConfig], wait_s: float = 10.0) -> None:
         """Fail now, not hang forever, when the Ray cluster cannot fit the experts. Resources that a
         pool just shut down frees may take a moment to show, hence a short wait when they could."""
         import ray
 
-        want = {"CPU": sum(e.num_cpus for e in self.team.experts), "GPU": sum(e.num_gpus for e in self.team.experts)}
+        want = {"CPU": sum(e.num_cpus for e in experts), "GPU": sum(e.num_gpus for e in experts)}
         total = ray.cluster_resources()
         deadline = time.monotonic() + wait_s
         while True:
@@ -146,8 +163,10 @@ class ExpertPool:
     def _disk_cache(self, expert: ExpertConfig) -> DiskCache | None:
         if not self.team.cache_dir:
             return None
+        # the seed only in random poolings' keys: the runs of every seed then share deterministic states
+        seed = self.seed if uses_seed(self.team.pooling) else None
         fields = {"model": model_identity(expert.model), "name": expert.name, "dtype": expert.dtype,
-                  "pooling": self.team.pooling, "seed": self.seed, "max_length": expert.max_length,
+                  "pooling": self.team.pooling, "seed": seed, "max_length": expert.max_length,
                   "system_prompt": self.system_prompt}
         safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in expert.name)
         directory = Path(self.team.cache_dir).expanduser() / f"{safe_name}-{fingerprint(fields)}"
@@ -155,15 +174,16 @@ class ExpertPool:
 
     def shutdown(self) -> None:
         """Stop every expert (kill the actors; stop Ray if this pool started it). Idempotent."""
-        if self.backend == "ray" and self.workers:
+        if self.backend == "ray":
             import ray
 
             for actor in self.workers:
                 try:
-                    ray.kill(actor, no_restart=True)
+                    if actor is not None:
+                        ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-        self.workers = []
+        self.workers, self._closed = [], True
         if self._owns_ray:
             import ray
 
@@ -180,8 +200,10 @@ class ExpertPool:
 
     def _call(self, index: int, method: str, *args):
         """Start a call on one expert: a Ray object ref, or (local) the result itself."""
-        if not self.workers:
+        if self._closed:
             raise RuntimeError("the expert pool has been shut down")
+        if self.workers[index] is None:  # its states were on disk until now
+            self._start([index])
         worker = self.workers[index]
         if self.backend == "ray":
             return getattr(worker, method).remote(*args)

@@ -28,6 +28,11 @@ def prompt_choice(seed: int, expert: str, question: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def uses_seed(pooling: str) -> bool:
+    """Whether a pooling's choice depends on the seed (so its states do, and their cache key must)."""
+    return pooling in ("random_token", "random_layer")
+
+
 def needs_all_layers(pooling: str) -> bool:
     """Whether a pooling reads a layer other than the final one (so the forward must keep them all)."""
     return pooling in ("first_layer", "random_layer")

@@ -26,9 +26,9 @@ def probe_team(team: TeamConfig, system_prompt: str | None, *, backend: str | No
     """Start the team, describe each expert and time one batch of `questions` (median of `repeats`)."""
     rows = []
     with ExpertPool(team, system_prompt, backend=backend) as pool:
-        for index, info in enumerate(pool.infos):  # one expert at a time: timings do not share cores
-            bench = pool.benchmark(index, list(questions), repeats)
-            rows.append({**info, "backend": pool.backend, "batch": len(questions),
+        for index in range(len(pool.infos)):  # one expert at a time: timings do not share cores
+            bench = pool.benchmark(index, list(questions), repeats)  # loads an expert whose states were on disk
+            rows.append({**pool.infos[index], "backend": pool.backend, "batch": len(questions),
                          "prompt_tokens": statistics.mean(bench["prompt_tokens"]),
                          "latency_ms": 1000 * statistics.median(bench["seconds"])})
     return rows

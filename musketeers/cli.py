@@ -75,6 +75,14 @@ def cmd_experts_probe(args: argparse.Namespace) -> None:
     print(format_probe(probe_team(cfg.team, system_prompt(cfg.task), backend=args.backend)))
 
 
+def cmd_experts_precompute(args: argparse.Namespace) -> None:
+    from musketeers.conditioning import precompute_states
+
+    cfg = _config(args)
+    stats = precompute_states(cfg, batch_size=args.batch_size)
+    print(json.dumps({"cache_dir": cfg.team.cache_dir, "team": cfg.team.name, **stats}, indent=1))
+
+
 # ----------------------------------------------------------------------------- train
 
 
@@ -117,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--task", default="arithmetic", help="the task whose system prompt experts read (default arithmetic)")
     probe.add_argument("--backend", choices=["ray", "local"], help="override the team's backend")
     probe.set_defaults(func=cmd_experts_probe)
+    precompute = with_task(experts.add_parser(
+        "precompute", help="compute every pooled state of a task's training and evaluation prompts into team.cache_dir"))
+    precompute.add_argument("--batch-size", type=int, default=64, help="prompts per expert call (default 64)")
+    precompute.set_defaults(func=cmd_experts_precompute)
 
     from musketeers.evaluate import add_eval_parser
     from musketeers.report import add_report_parser

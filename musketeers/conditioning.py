@@ -114,3 +114,28 @@ def build_conditioner(cfg: RunConfig, policy_dim: int, tokenizer, device: str | 
         encoder = SentenceEncoder(*load_model(cfg.adapter.router_encoder, causal_lm=False, device=device))
     adapter = method.build_adapter(pool.hidden_sizes, policy_dim, cfg.adapter, encoder.dim if encoder else None)
     return Conditioner(cfg, pool, adapter, encoder, tokenizer)
+
+
+def precompute_states(cfg: RunConfig, batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, int]]:
+    """Every pooled state of the task's training and evaluation prompts, computed once into the team's
+    disk cache (team.cache_dir): a run whose states are all there never loads an expert model. The
+    key holds the expert, dtype, pooling, system prompt and (random poolings only) the seed, so the
+    runs of every method and seed share it. Returns each expert's cache counts."""
+    from tqdm import tqdm
+
+    from experts.pool import ExpertPool
+    from musketeers.config import ConfigError
+    from musketeers.data import load_split, system_prompt
+    from musketeers.evaluate import default_split
+
+    if not cfg.team.cache_dir:
+        raise ConfigError("team.cache_dir: experts precompute fills the team's disk cache; set team.cache_dir=DIR")
+    with ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed) as pool:
+        for split in ("train", default_split(cfg)):
+            rows = load_split(cfg.task, split)
+            with tqdm(total=len(rows), desc=f"expert states, {split}", unit="prompt", disable=not progress) as bar:
+                for s in range(0, len(rows), batch_size):
+                    batch = [rows[k]["question"] for k in range(s, min(s + batch_size, len(rows)))]
+                    pool.encode(batch)
+                    bar.update(len(batch))
+        return {**pool.stats, "models_loaded": pool.loads}

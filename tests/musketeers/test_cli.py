@@ -1,4 +1,6 @@
 """The command line: config show, data show/check, and one-line errors with exit code 2."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -56,3 +58,15 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
 def test_stray_arguments_are_rejected(capsys):
     code, _, err = run(capsys, "config", "show", "logic", "--frobnicate")
     assert code == 2 and "unrecognized arguments: --frobnicate" in err
+
+
+def test_experts_precompute_needs_a_cache_dir_and_fills_it(capsys, tmp_path):
+    task = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")
+    code, _, err = run(capsys, "experts", "precompute", task)
+    assert code == 2 and err.strip() == ("musketeers: error: team.cache_dir: experts precompute fills the team's disk "
+                                         "cache; set team.cache_dir=DIR")
+    code, out, _ = run(capsys, "experts", "precompute", task, f"team.cache_dir={tmp_path}", "--batch-size", "32")
+    stats = yaml.safe_load(out)
+    assert code == 0 and stats["models_loaded"] == 3 and stats["llama-48"]["forwards"] == stats["llama-48"]["cached"] > 0
+    code, out, _ = run(capsys, "experts", "precompute", task, f"team.cache_dir={tmp_path}")
+    assert code == 0 and yaml.safe_load(out)["models_loaded"] == 0  # everything on disk: no expert loads

@@ -391,3 +391,28 @@ def test_activation_checkpointing_is_decided_from_model_batch_and_memory(tmp_pat
     free["bytes"] = 10**12
     forced = build_trainer(tiny_config(tmp_path / "d", "training.activation_checkpointing=always"), tmp_path / "d")
     assert forced.args.gradient_checkpointing
+
+
+def test_after_experts_precompute_a_run_loads_no_expert_and_trains_the_same(tmp_path, dense_reward, monkeypatch):
+    """`musketeers experts precompute` fills team.cache_dir with every training and evaluation state; a
+    run that finds them all loads no expert model and logs what a run computing them itself logs."""
+    import experts.pool
+    from musketeers.conditioning import precompute_states
+    from musketeers.data import load_split
+
+    computed = read_metrics(train(tiny_config(tmp_path / "a")))
+    cache = f"team.cache_dir={tmp_path / 'states'}"
+    cfg = tiny_config(tmp_path / "p", cache)
+    stats = precompute_states(cfg, batch_size=16, progress=False)
+    distinct = {row["question"] for split in ("train", "validation") for row in load_split(cfg.task, split)}
+    assert stats["models_loaded"] == 3
+    assert all(stats[name]["cached"] == len(distinct) for name in ("llama-48", "gpt2-64", "qwen2-80"))
+    loads = []
+    original = experts.pool.ExpertWorker.__init__
+    monkeypatch.setattr(experts.pool.ExpertWorker, "__init__", lambda self, *a, **k: loads.append(a) or original(self, *a, **k))
+    cached = read_metrics(train(tiny_config(tmp_path / "b", cache)))
+    assert loads == []
+    for a, b in zip(computed, cached, strict=True):
+        assert b["experts/forwards"] == 0
+        for key in ("reward", "kl", "loss", "routing/entropy"):
+            assert a[key] == b[key], (key, a[key], b[key])
