@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     p.add_argument("--expert-backend", default="local", choices=("local", "ray"))
+    p.add_argument("--generation-cache", default="dynamic", choices=("dynamic", "static"),
+                   help="training.generation_cache: dynamic (one prefill per distinct prompt) or static (compiled decoding on CUDA)")
     p.add_argument("--context-position", default=None, choices=CONTEXT_POSITIONS,
                    help="adapter.context_position (default: the config's)")
     p.add_argument("--sequential", action="store_true", help="run configurations one after another")
@@ -142,7 +144,7 @@ def run_config(key: str, args):
     task = TaskConfig(name="synthetic", system_prompt_text=SYSTEM_PROMPT, assistant_prefill="<answer>")
     training = TrainingConfig(num_generations=args.generations, prompts_per_batch=args.prompts // args.grad_accum,
                               gradient_accumulation_steps=args.grad_accum, max_completion_length=args.max_tokens,
-                              max_steps=args.steps, save_steps=10**9)
+                              max_steps=args.steps, save_steps=10**9, generation_cache=args.generation_cache)
     adapter = AdapterConfig(**({"context_position": args.context_position} if args.context_position else {}))
     return RunConfig(method="single" if key in ("a", "b") else "perceiver", team=team_config(key, args), task=task,
                      policy=PolicyConfig(model=args.policy, dtype=args.dtype), training=training, adapter=adapter)
@@ -187,7 +189,8 @@ def build_trainer(key: str, args, out_dir: Path):
     if key == "a":
         trainer = GRPOTrainer(**common)
     else:
-        trainer = MusketeersGRPOTrainer(**common, conditioner=conditioner, router_lr=cfg.training.router_lr)
+        trainer = MusketeersGRPOTrainer(**common, conditioner=conditioner, router_lr=cfg.training.router_lr,
+                                        generation_cache=cfg.training.generation_cache)
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
     return trainer

@@ -126,6 +126,7 @@ class TrainingConfig:
     no_context_reward_every: int = 0
     reference_context: Literal[REFERENCE_CONTEXTS] = "zeros"
     activation_checkpointing: Literal["auto", "always", "never"] = "auto"  # not on/off: YAML reads those as booleans
+    generation_cache: Literal["dynamic", "static"] = "dynamic"
 
 
 @dataclass

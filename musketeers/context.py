@@ -98,14 +98,16 @@ def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[in
 
 
 def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None,
-                          eos_ids: list[int], layout: ContextLayout, **generate_kwargs) -> list[list[int]]:
+                          eos_ids: list[int], layout: ContextLayout, cache: str = "dynamic",
+                          **generate_kwargs) -> list[list[int]]:
     """New tokens generated from the prompt with C placed as `layout` says (left-padded ids/mask
     [B, P], context [B, m, D]; None: the plain prompt), each row cut after its first EOS.
 
-    A GRPO batch holds each prompt G times: the prompt is run once per distinct row, its KV cache
-    copied to the G rows, and `generate` goes on from the cache with the last input position (its
-    positions come from the mask, as in `positions_from_mask`). HF `generate` would prefill every
-    copy. (In train mode the G copies thus share the LoRA-dropout mask of the prompt's positions.)
+    cache "dynamic": a GRPO batch holds each prompt G times, so the prompt is run once per distinct
+    row, its KV cache copied to the G rows, and `generate` goes on from the cache with the last input
+    position (its positions come from the mask, as in `positions_from_mask`); HF `generate` would
+    prefill every copy. cache "static": HF's static KV cache, whose decoding step transformers
+    compiles on CUDA; it prefills every row. Both give the same tokens (tested).
     """
     if ids.shape[1] == 1 and context is None:  # nothing to prefill
         return cut_at_eos(model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, 1:], eos_ids)
@@ -113,6 +115,9 @@ def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context:
         embeds = model.get_input_embeddings()(ids)
         if context is not None:
             embeds, mask, _ = insert_context(embeds, mask, context.to(ids.device), layout.slot(mask))
+        if cache == "static":
+            return cut_at_eos(model.generate(inputs_embeds=embeds, attention_mask=mask, cache_implementation="static",
+                                             **generate_kwargs), eos_ids)
         first, copies = distinct_rows(ids, context)
         prefix_mask = mask[first, :-1]
         cache = model(inputs_embeds=embeds[first, :-1], attention_mask=prefix_mask,

@@ -79,7 +79,7 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 
 
 def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tensor | None, max_new_tokens: int,
-                       layout: ContextLayout) -> list[str]:
+                       layout: ContextLayout, cache: str = "dynamic") -> list[str]:
     """Greedy completions (decoded, special tokens dropped, as TRL decodes them) of prompt strings,
     tokenized as TRL tokenizes them, with C placed as `layout` says."""
     import torch
@@ -95,7 +95,7 @@ def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tens
     eos = eos_token_ids(model, tokenizer)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=eos, bos_token_id=tokenizer.bos_token_id)
-    completion_ids = generate_with_context(model, ids, mask, context, eos, layout, generation_config=config)
+    completion_ids = generate_with_context(model, ids, mask, context, eos, layout, cache, generation_config=config)
     return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
 
 
@@ -153,7 +153,7 @@ class Evaluator:
         cond = self.conditioner.prepare(questions, training=False)
         prompts = cond.prompts or [build_prompt(q, self.tokenizer, self.cfg.task) for q in questions]
         return greedy_completions(self.model, self.tokenizer, prompts, cond.context, self.cfg.training.max_completion_length,
-                                  self.conditioner.layout)
+                                  self.conditioner.layout, self.cfg.training.generation_cache)
 
     def close(self) -> None:
         if self.conditioner.pool is not None:

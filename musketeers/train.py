@@ -155,7 +155,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
         callbacks=callbacks, train_dataset=dataset,
         conditioner=conditioner, router_lr=cfg.training.router_lr,
-        no_context_reward_every=cfg.training.no_context_reward_every,
+        no_context_reward_every=cfg.training.no_context_reward_every, generation_cache=cfg.training.generation_cache,
     )
     print(f"method {cfg.method}: trainable parameters {trainable_parameters(trainer)}; "
           f"activation checkpointing {'on' if checkpointing else 'off'} (training.activation_checkpointing="

@@ -82,10 +82,11 @@ def last_hidden_states_only(model, n: int):
 
 
 class MusketeersGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args, conditioner: Conditioner, router_lr: float, no_context_reward_every: int = 0, **kwargs):
+    def __init__(self, *args, conditioner: Conditioner, router_lr: float, no_context_reward_every: int = 0,
+                 generation_cache: str = "dynamic", **kwargs):
         self.conditioner, self.router_lr = conditioner, router_lr  # create_optimizer may run inside __init__
         super().__init__(*args, **kwargs)
-        self.no_context_reward_every = no_context_reward_every
+        self.no_context_reward_every, self.generation_cache = no_context_reward_every, generation_cache
         self.round_state = RoundState()
         if not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter") or "ref" in self.model.peft_config:
             raise ValueError("pass the base policy with peft_config: the reference is the policy with LoRA disabled")
@@ -175,7 +176,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
                                          generation_kwargs=self.generation_kwargs,
                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model:
             return generate_with_context(model, ids, mask, context, self.eos_token_ids, self.conditioner.layout,
-                                         generation_config=self.generation_config, **generate_kwargs)
+                                         self.generation_cache, generation_config=self.generation_config, **generate_kwargs)
 
     # ------------------------------------------------------------------------- 3. log-probs
 

@@ -32,6 +32,18 @@ def test_distinct_rows_groups_copies_and_keeps_rows_whose_context_differs():
     assert torch.equal(first, torch.arange(5)) and torch.equal(copies, torch.arange(5))
 
 
+@pytest.mark.parametrize("with_context", [False, True])
+def test_the_static_cache_generates_the_same_tokens(tiny, with_context):
+    """HF's static KV cache (compiled decoding on CUDA) and the shared-prefill dynamic path agree."""
+    model, _ = tiny
+    ids, mask = left_padded([[7, 8, 9, 10, 11], [12, 13], [7, 8, 9, 10, 11], [12, 13], [14, 15, 16]])
+    torch.manual_seed(0)
+    context = torch.randn(3, 4, model.get_input_embeddings().weight.shape[1])[[0, 1, 0, 1, 2]] if with_context else None
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    dynamic = generate_with_context(model, ids, mask, context, [-1], ContextLayout(), "dynamic", **kwargs)
+    assert generate_with_context(model, ids, mask, context, [-1], ContextLayout(), "static", **kwargs) == dynamic
+
+
 def test_layout_places_c_after_pads_first_token_or_prompt():
     ids, mask = left_padded([[7, 8, 9], [5], [1, 2, 3, 4]])  # width 4: 1, 3 and 0 pads
     embeds = ids.unsqueeze(-1).float()

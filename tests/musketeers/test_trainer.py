@@ -173,16 +173,18 @@ def test_generation_and_logprob_passes_share_the_layout(tmp_path, position):
     assert torch.allclose(logps, sampled, atol=1e-4)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("policy, targets", [
     ("random:llama:hidden_size=64", "[q_proj, v_proj]"), ("random:gpt2:hidden_size=64", "[c_attn, c_proj]"),
     ("random:gemma3_text:hidden_size=64,sliding_window=4", "[q_proj, v_proj]")])
-def test_the_loss_pass_scores_sampled_tokens_as_the_sampling_pass_did(tmp_path, policy, targets):
+def test_the_loss_pass_scores_sampled_tokens_as_the_sampling_pass_did(tmp_path, policy, targets, cache):
     """Exactness of sampling: the trainer's own generation (shared prefill, C after the first token,
     left padding, G copies) samples from exactly the distribution its loss pass later computes, so the
     importance ratio starts at 1; LoRA is made non-zero so the adapted weights take part."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    cfg = tiny_config(tmp_path, f"policy.model={policy}", f"policy.lora.target_modules={targets}", "training.temperature=0.7")
+    cfg = tiny_config(tmp_path, f"policy.model={policy}", f"policy.lora.target_modules={targets}", "training.temperature=0.7",
+                      f"training.generation_cache={cache}")
     trainer = build_trainer(cfg, tmp_path)
     torch.manual_seed(0)
     for name, p in trainer.model.named_parameters():
