@@ -242,7 +242,8 @@ class StepProbe:
 
         @wraps(inner)
         def counted(model, input_ids, *a, **k):
-            context = getattr(trainer, "_context", None)
+            state = getattr(trainer, "round_state", None)  # plain TRL (config a) has none
+            context = state.context if state is not None else None
             self.sequence_tokens = input_ids.shape[1] + (context.shape[1] if context is not None else 0)
             return inner(model, input_ids, *a, **k)
 
