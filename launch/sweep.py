@@ -236,6 +236,33 @@ def run_jobs(jobs: list[Job], slots: list[str | None], eval_opts: dict | None, s
     return codes
 
 
+def precompute_groups(jobs: list[Job]) -> dict[str, Job]:
+    """One run per expert-state cache the runs will read: runs of every method and seed on a task
+    share one (the seed counts only for random poolings, as in the cache key)."""
+    from experts.pooling import uses_seed
+    from musketeers.methods import METHODS
+
+    groups = {}
+    for job in jobs:
+        cfg = job.config
+        if not cfg["team"]["cache_dir"] or not METHODS[cfg["method"]].experts:
+            continue
+        seed = cfg["seed"] if uses_seed(cfg["team"]["pooling"]) else None
+        groups.setdefault(json.dumps([cfg["task"], cfg["team"], seed], sort_keys=True), job)
+    return groups
+
+
+def precompute(jobs: list[Job]) -> None:
+    """Every pooled state the runs will read, computed once before they start (`experts precompute`)."""
+    from musketeers.conditioning import precompute_states
+
+    for job in precompute_groups(jobs).values():
+        cfg = load_run_config(job.task, job.overrides)
+        print(f"[sweep] expert states of {cfg.task.name} x {cfg.team.name} into {cfg.team.cache_dir}", flush=True)
+        stats = precompute_states(cfg)
+        print(f"[sweep] expert states ready ({stats['models_loaded']} expert model(s) loaded)", flush=True)
+
+
 def sweep(path: Path, dry_run: bool = False, gpus: int | None = None, start=launch) -> dict[str, str]:
     """Plan, print and run a sweep; returns each run's outcome."""
     data = read_sweep(path)
@@ -256,6 +283,7 @@ def sweep(path: Path, dry_run: bool = False, gpus: int | None = None, start=laun
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, out / SWEEP_FILE)
     start_time = time.perf_counter()
+    precompute(todo)
     codes = run_jobs(todo, gpu_slots(gpus), eval_opts, start)
     outcome = {**states, **{name: "ok" if rc == 0 else f"failed (exit {rc})" for name, rc in codes.items()}}
     print(f"[sweep] {len(todo)} run(s) in {time.perf_counter() - start_time:.0f} s; skipped {len(jobs) - len(todo)}; "

@@ -168,3 +168,27 @@ def test_launch_pins_the_gpu_and_logs(tmp_path, monkeypatch):
     sweep.launch(job, "2", {"limit": 4})
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2" and seen["cmd"][-2:] == ["--", "seed=1"]
     assert "--child" in seen["cmd"] and (tmp_path / "out" / "logs" / "r.log").read_text().startswith("\n=== ")
+
+
+def test_the_sweep_computes_expert_states_once_before_its_runs(tmp_path, monkeypatch):
+    """With team.cache_dir set, the runs of every method and seed read one cache, filled before they
+    start: the tiny team's three experts load once for the whole sweep, never inside a run."""
+    import experts.pool
+
+    monkeypatch.setattr(sweep, "POLL_S", 0.0)
+    cache = f"team.cache_dir={tmp_path / 'states'}"
+    file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["single", "perceiver", "ffn"],
+                       seeds=[0, 1], overrides=[*TINY, cache])
+    jobs = sweep.plan(sweep.read_sweep(file), "s")
+    assert len(sweep.precompute_groups(jobs)) == 1  # single reads no states; the other runs share one cache
+    random = sweep.plan({**sweep.read_sweep(file), "overrides": [*TINY, cache, "team.pooling=random_token"]}, "s")
+    assert len(sweep.precompute_groups(random)) == 2  # a random pooling's states depend on the seed
+
+    loads = []
+    original = experts.pool.ExpertWorker.__init__
+    monkeypatch.setattr(experts.pool.ExpertWorker, "__init__", lambda self, *a, **k: loads.append(a[0].name) or original(self, *a, **k))
+    outcome = sweep.sweep(file, start=in_process)
+    assert set(outcome.values()) == {"ok"} and len(outcome) == 2 + 4
+    assert sorted(loads) == ["gpt2-64", "llama-48", "qwen2-80"]  # once, by the precompute
+    assert all(row["experts/forwards"] == 0 for run in ("perceiver", "ffn") for seed in (0, 1)
+               for row in read_metrics(tmp_path / "out" / f"tiny-{run}-tiny-seed{seed}"))
