@@ -177,8 +177,7 @@ def build_trainer(key: str, args, out_dir: Path):
         conditioner = build_conditioner(cfg, policy.get_input_embeddings().weight.shape[1], tokenizer, args.device) if key != "a" else None
     dataset = prompt_set(args, tokenizer, cfg.task)
     if args.gradient_checkpointing == "recipe":  # as train() decides it (training.activation_checkpointing: auto)
-        longest = max(len(tokenizer(p)["input_ids"]) for p in dataset["prompt"])
-        checkpointing = recipe.use_activation_checkpointing(cfg, policy, longest)
+        checkpointing = recipe.use_activation_checkpointing(cfg, policy, tokenizer, dataset)
     else:
         checkpointing = args.gradient_checkpointing == "on"
     grpo = recipe.grpo_config(cfg, out_dir / key, checkpointing)

@@ -120,11 +120,11 @@ def generate_with_context(model, ids: torch.Tensor, mask: torch.Tensor, context:
                                              **generate_kwargs), eos_ids)
         first, copies = distinct_rows(ids, context)
         prefix_mask = mask[first, :-1]
-        cache = model(inputs_embeds=embeds[first, :-1], attention_mask=prefix_mask,
-                      position_ids=positions_from_mask(prefix_mask), use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_select_indices(copies.to(ids.device))
+        kv = model(inputs_embeds=embeds[first, :-1], attention_mask=prefix_mask,
+                   position_ids=positions_from_mask(prefix_mask), use_cache=True, logits_to_keep=1).past_key_values
+        kv.batch_select_indices(copies.to(ids.device))
         # with inputs_embeds, generate feeds only the uncached last position and returns only new tokens
-        out = model.generate(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, **generate_kwargs)
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, past_key_values=kv, **generate_kwargs)
     return cut_at_eos(out, eos_ids)
 
 

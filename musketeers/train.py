@@ -99,13 +99,15 @@ def free_memory_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def use_activation_checkpointing(cfg: RunConfig, policy, prompt_tokens: int) -> bool:
+def use_activation_checkpointing(cfg: RunConfig, policy, tokenizer, dataset) -> bool:
     """training.activation_checkpointing: always, never, or auto: on only when the loss pass's activations
     would not fit in MEMORY_MARGIN of the free memory (it re-runs every forward in backward, ~30% more
-    compute, which buys nothing when memory is not short)."""
+    compute, which buys nothing when memory is not short). The longest of the first 64 prompts of
+    `dataset` (a "prompt" column) sizes the loss pass."""
     t = cfg.training
     if t.activation_checkpointing != "auto":
         return t.activation_checkpointing == "always"
+    prompt_tokens = max(len(tokenizer(p)["input_ids"]) for p in dataset[: min(64, len(dataset))]["prompt"])
     context = cfg.adapter.num_queries if METHODS[cfg.method].context_tokens else 0
     tokens = t.prompts_per_batch * t.num_generations * (prompt_tokens + context + t.max_completion_length)
     weights = policy.get_input_embeddings().weight
@@ -145,8 +147,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     conditioner = build_conditioner(cfg, embeddings.shape[1], tokenizer, embeddings.device)
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
     dataset = prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task)
-    sample = dataset[: min(64, len(dataset))]["prompt"]  # the longest of these sizes the loss pass
-    checkpointing = use_activation_checkpointing(cfg, policy, max(len(tokenizer(p)["input_ids"]) for p in sample))
+    checkpointing = use_activation_checkpointing(cfg, policy, tokenizer, dataset)
     args = grpo_config(cfg, run_dir, checkpointing)
     args.reward_weights = weights
     callbacks = [MetricsLogger(run_dir),
