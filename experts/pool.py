@@ -6,9 +6,10 @@
         hints = pool.generate_hints(qs, 128)    # text-hints baseline: [expert][question] strings
 
 Backends: `ray` (the default for training) puts each expert in its own actor with the team file's
-resources (num_cpus, num_gpus, fractions allowed) and calls all experts concurrently; `local`
-holds the experts in this process (unit tests, single-process GPU runs). Both compute the same
-numbers. Ray restarts a killed actor and retries the call, so a dead expert process costs a reload,
+resources (num_cpus, num_gpus, fractions allowed; custom Ray `resources` to pin a node type) and calls
+all experts concurrently, on this node or on any other of the Ray cluster (the states travel back
+through Ray's object store); `local` holds the experts in this process (unit tests, single-process
+GPU runs). Both compute the same numbers. Ray restarts a killed actor and retries the call, so a dead expert process costs a reload,
 not the run. Every (expert, prompt) is computed once per pool (cache.py), duplicates in a request
 included, so a GRPO batch of B prompts x G completions runs B forwards per expert.
 """
@@ -47,7 +48,11 @@ class RayExpertWorker(ExpertWorker):
             self.load_error = str(e)
 
     def info(self) -> dict:
-        return {"error": self.load_error} if self.load_error else super().info()
+        import ray
+
+        if self.load_error:
+            return {"error": self.load_error}
+        return {**super().info(), "node_id": ray.get_runtime_context().get_node_id()}  # where Ray placed it
 
 
 def init_ray(num_cpus: float) -> bool:
@@ -117,7 +122,7 @@ class ExpertPool:
         actor = ray.remote(RayExpertWorker)
         for i, e in zip(indices, experts):
             threads = max(1, int(e.num_cpus))
-            options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "max_restarts": MAX_RESTARTS,
+            options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "resources": e.resources, "max_restarts": MAX_RESTARTS,
                        "max_task_retries": MAX_TASK_RETRIES,
                        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
             self.workers[i] = actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads)
@@ -144,8 +149,14 @@ class ExpertPool:
         """Fail now, not hang forever, when the Ray cluster cannot fit the experts. Resources that a
         pool just shut down frees may take a moment to show, hence a short wait when they could."""
         import ray
+        from ray.util import get_current_placement_group
 
+        if get_current_placement_group() is not None:  # a sweep run: its bundle was sized for these experts
+            return
         want = {"CPU": sum(e.num_cpus for e in experts), "GPU": sum(e.num_gpus for e in experts)}
+        for e in experts:
+            for key, amount in e.resources.items():
+                want[key] = want.get(key, 0.0) + amount
         total = ray.cluster_resources()
         deadline = time.monotonic() + wait_s
         while True:

@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from musketeers.evaluate import add_eval_parser
     from musketeers.report import add_report_parser
+    from musketeers.sweep import add_sweep_parser
 
     add_eval_parser(commands)
     add_report_parser(commands)
+    add_sweep_parser(commands)
 
     config = commands.add_parser("config", help="show resolved configs").add_subparsers(dest="action", metavar="ACTION", required=True)
     with_task(config.add_parser("show", help="print the resolved config of a run")).set_defaults(func=cmd_config_show)

@@ -195,7 +195,7 @@ def _check(value: Any, tp: Any, where: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise fail(f"expected a mapping, got {value!r}")
-        return dict(value)
+        return {k: _check(v, args[1], f"{where}.{k}", source) for k, v in value.items()} if args else dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value

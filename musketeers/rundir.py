@@ -11,12 +11,14 @@
         final/                         the trained PEFT adapter (+ context_adapter.safetensors) when training ends
           eval-<split>.json            `musketeers eval` of final/ (or of a checkpoint-N/, inside it)
         eval-<split>-baseline.json     `musketeers eval --baseline`: the untrained policy
-        DONE                           launch/sweep.py: training ended ({"steps": ..., "time": ...})
-      logs/<run name>.log              launch/sweep.py: each run's output, appended on every attempt
-      sweep.yaml                       launch/sweep.py: the sweep file last run here
+        DONE                           musketeers sweep: training ended ({"steps": ..., "time": ...})
+      logs/<run name>.log              musketeers sweep: each run's output, appended on every attempt
+      logs/<run name>.attempts.jsonl   musketeers sweep: one row per attempt (node, pid, GPUs, resumed step)
+      sweep.yaml                       musketeers sweep: the sweep file last run here
 
 A checkpoint (final/ or checkpoint-N/) counts once its LoRA is saved; `--resume` continues from the
-highest checkpoint-N/ folder, as TRL finds it. Config, eval results, the DONE marker and truncated
+highest checkpoint-N/ that transformers finished writing (its trainer_state.json, written last), so a
+process or node that dies in the middle of a save costs that checkpoint, not the run. Config, eval results, the DONE marker and truncated
 metrics are written atomically: a killed process leaves the old file or the new one, never half of one.
 """
 
@@ -43,6 +45,7 @@ FINAL_DIR = "final"
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT's save_pretrained writes
 ADAPTER_FILE = "context_adapter.safetensors"
 DONE_FILE = "DONE"
+TRAINER_STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint-N/
 LOGS_DIR = "logs"
 SWEEP_FILE = "sweep.yaml"
 
@@ -79,6 +82,11 @@ def baseline_eval_path(run_dir: Path, split: str) -> Path:
 def log_path(run_dir: Path) -> Path:
     """A sweep run's log, beside the runs so that deleting a run keeps its history."""
     return run_dir.parent / LOGS_DIR / f"{run_dir.name}.log"
+
+
+def attempts_path(run_dir: Path) -> Path:
+    """A sweep run's record of its attempts (which node, process and GPUs; the step it resumed from)."""
+    return run_dir.parent / LOGS_DIR / f"{run_dir.name}.attempts.jsonl"
 
 
 # ----------------------------------------------------------------------------- creating and reading back
@@ -122,9 +130,15 @@ def _numbered_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The highest checkpoint-N folder, where --resume continues (TRL's get_last_checkpoint), else None."""
-    numbered = _numbered_checkpoints(run_dir)
-    return numbered[-1][1] if numbered else None
+    """The highest checkpoint-N folder that was written to the end, where --resume continues, else None.
+    (TRL's get_last_checkpoint takes the highest folder, even one a dying process left half-written.)"""
+    complete = [path for _, path in _numbered_checkpoints(run_dir) if (path / TRAINER_STATE_FILE).is_file()]
+    return complete[-1] if complete else None
+
+
+def checkpoints_after(run_dir: Path, step: int) -> list[Path]:
+    """checkpoint-N folders beyond `step` (left half-written by a killed run)."""
+    return [path for n, path in _numbered_checkpoints(run_dir) if n > step]
 
 
 def final_or_last_checkpoint(run_dir: Path) -> Path | None:

@@ -1,6 +1,7 @@
-"""Run a grid of GRPO runs (tasks x methods x teams x seeds) from one YAML file; rerun it to resume.
+"""`musketeers sweep`: a grid of GRPO runs (tasks x methods x teams x seeds) from one YAML file, each run
+a Ray task on this machine or on a cluster; rerun it to resume.
 
-    python launch/sweep.py configs/sweeps/table1.yaml [--dry-run] [--gpus N]
+    musketeers sweep configs/sweeps/table1.yaml [--address auto|ray://host:port] [--dry-run]
 
 Sweep file (every key optional except tasks, methods and seeds):
 
@@ -15,13 +16,31 @@ Sweep file (every key optional except tasks, methods and seeds):
     grid:                                # blocks crossed separately; a block's keys replace the
       - {methods: [perceiver], teams: [generalist]}   # top-level ones (without grid: one block)
     eval: {limit: null, batch_size: 16}  # evaluate each trained run (as `musketeers eval` does)
+    resources: {num_cpus: 1, num_gpus: auto, custom: {}}   # what one run's policy asks of Ray
+    max_retries: 3                       # restarts of a run whose process or node died
 
-Each run is a subprocess (a crash ends that run only; it logs to <output_dir>/logs/), pinned to one
-GPU with CUDA_VISIBLE_DEVICES, one run per GPU at a time; without GPUs, one run at a time. Rerunning
-the sweep skips finished runs (a DONE marker, or a complete final/), resumes runs killed after a
-checkpoint (`train(resume=...)`), restarts runs killed before their first checkpoint, and refuses to
-touch a run whose stored config differs from what the sweep file now resolves to. What a run
-directory holds and how it is named: musketeers/rundir.py.
+Why Ray core tasks: a run is a function call that must be placed, restarted when its process or node
+dies, and resumed from its own checkpoint; `max_retries` and placement groups give exactly that.
+Ray Tune would lay its own trial and checkpoint directories over rundir.py's, and job submission
+places drivers, not runs (use it to submit the sweep itself: `ray job submit -- musketeers sweep ...`).
+
+Placement: a run asks for `resources` (num_gpus auto: one GPU when the cluster has any; `custom`:
+Ray custom resources, e.g. a node type). Its experts (team.backend ray) are actors with the team
+file's num_cpus / num_gpus / resources. With team.placement `together` they share one placement-group
+bundle with the policy on one node, the experts' num_gpus being fractions of the run's GPU (as on one
+machine); with `apart` they go wherever Ray finds room, other nodes included, and their pooled states
+come back through Ray's object store. Ray queues what does not fit yet: N GPU nodes run N runs at once.
+
+Guarantees: rerunning skips finished runs (a DONE marker or a complete final/) and evaluates finished
+runs not evaluated yet; Ray retries a run whose process or node died (up to max_retries) and the run
+resumes from its last complete checkpoint (`train(resume=...)`), or restarts when it had none; a run
+whose stored config differs from what the sweep file now resolves to is refused. Every node reads and
+writes output_dir, so on a cluster it must be shared storage (NFS or a cluster file system; one
+machine trivially is). Each run logs to <output_dir>/logs/<run>.log and records each attempt (node,
+pid, GPUs, the step it resumed from) in logs/<run>.attempts.jsonl. While it runs, the sweep shows a
+table (queued / running on which node / finished / failed, step, reward) and ends with a summary.
+With team.cache_dir set, every expert state the runs read is computed once before they start: one
+Ray task per task x team (x seed for random poolings). What a run directory holds: rundir.py.
 """
 
 from __future__ import annotations
@@ -32,30 +51,35 @@ import json
 import os
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import time
-from collections import deque
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
-from musketeers.config import load_run_config  # noqa: E402
-from musketeers.errors import MusketeersError  # noqa: E402
-from musketeers.rundir import (CONFIG_FILE, SWEEP_FILE, eval_path, final_or_last_checkpoint, is_finished,  # noqa: E402
-                               is_run_dir, last_checkpoint, log_path, mark_done, read_config, run_name)
+from musketeers.config import load_run_config
+from musketeers.errors import MusketeersError
+from musketeers.methods import METHODS
+from musketeers.rundir import (CONFIG_FILE, SWEEP_FILE, attempts_path, checkpoint_step, eval_path,
+                               final_or_last_checkpoint, is_finished, is_run_dir, last_checkpoint, log_path, mark_done,
+                               read_config, read_metrics, run_name)
 
 BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
-TOP_KEYS = (*BLOCK_KEYS, "output_dir", "grid", "eval")
+TOP_KEYS = (*BLOCK_KEYS, "output_dir", "grid", "eval", "resources", "max_retries")
 EVAL_KEYS = ("split", "limit", "batch_size")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom")
+DEFAULT_RESOURCES = {"num_cpus": 1.0, "num_gpus": "auto", "custom": {}}
+DEFAULT_RETRIES = 3
 POLL_S = 2.0
+TABLE_EVERY_S = 60.0  # without a terminal, the table is printed when a run changes state, else this often
 
 
 class SweepError(MusketeersError, ValueError):
-    """A bad sweep file or argument."""
+    """A bad sweep file or argument, or a run no node of the cluster can hold."""
 
 
 @dataclass
@@ -84,6 +108,29 @@ def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
         raise SweepError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(allowed)}")
 
 
+def _number(value, where: str, allow_auto: bool = False) -> float | str:
+    if allow_auto and value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise SweepError(f"{where}: expected a number >= 0{' or auto' if allow_auto else ''}, got {value!r}")
+    return float(value)
+
+
+def read_resources(data: dict, where: str) -> dict:
+    """The `resources` of one run's policy, checked, with defaults."""
+    given = data.get("resources") or {}
+    if not isinstance(given, dict):
+        raise SweepError(f"{where}: resources: expected a mapping, got {given!r}")
+    _check_keys(given, RESOURCE_KEYS, f"{where}: resources")
+    out = {**DEFAULT_RESOURCES, **given}
+    out["num_cpus"] = _number(out["num_cpus"], f"{where}: resources.num_cpus")
+    out["num_gpus"] = _number(out["num_gpus"], f"{where}: resources.num_gpus", allow_auto=True)
+    if not isinstance(out["custom"], dict):
+        raise SweepError(f"{where}: resources.custom: expected a mapping of Ray resource names to amounts")
+    out["custom"] = {str(k): _number(v, f"{where}: resources.custom.{k}") for k, v in out["custom"].items()}
+    return out
+
+
 def read_sweep(path: Path) -> dict:
     """The sweep file as a mapping, its keys checked."""
     if not path.is_file():
@@ -95,6 +142,10 @@ def read_sweep(path: Path) -> dict:
     for i, block in enumerate(data.get("grid") or []):
         _check_keys(block, BLOCK_KEYS, f"{path}: grid[{i}]")
     _check_keys(data.get("eval") or {}, EVAL_KEYS, f"{path}: eval")
+    read_resources(data, str(path))
+    retries = data.get("max_retries", DEFAULT_RETRIES)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise SweepError(f"{path}: max_retries: expected an integer >= 0, got {retries!r}")
     return data
 
 
@@ -127,7 +178,7 @@ def plan(sweep: dict, source: str) -> list[Job]:
     return list(jobs.values())
 
 
-# ----------------------------------------------------------------------------- run state
+# ----------------------------------------------------------------------------- run state on disk
 
 
 def eval_done(run_dir: Path, eval_opts: dict | None) -> bool:
@@ -152,9 +203,6 @@ def state(job: Job, eval_opts: dict | None) -> str:
     return "resume" if last_checkpoint(d) is not None else "restart"
 
 
-# ----------------------------------------------------------------------------- one run (the child process)
-
-
 def run_child(run_dir: Path, task: str, overrides: list[str], eval_opts: dict | None) -> None:
     """Train (fresh, resumed or restarted) unless finished, mark it DONE, then evaluate if asked."""
     from musketeers.train import train
@@ -175,72 +223,241 @@ def run_child(run_dir: Path, task: str, overrides: list[str], eval_opts: dict | 
         print(format_result(result), flush=True)
 
 
-def child_command(job: Job, eval_opts: dict | None) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", str(job.run_dir), job.task,
-            "--eval", json.dumps(eval_opts), "--", *job.overrides]
+# ----------------------------------------------------------------------------- one run, on whichever node Ray picks
 
 
-def launch(job: Job, gpu: str | None, eval_opts: dict | None):
-    """Start a run's child process (its output appended to its log)."""
-    env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    log = log_path(job.run_dir)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} gpu={gpu} {' '.join(child_command(job, eval_opts))}\n")
-        f.flush()
-        return subprocess.Popen(child_command(job, eval_opts), env=env, stdout=f, stderr=subprocess.STDOUT)
-
-
-# ----------------------------------------------------------------------------- scheduling
-
-
-def gpu_slots(requested: int | None) -> list[str | None]:
-    """One slot per GPU (its id for CUDA_VISIBLE_DEVICES), or one CPU slot [None]."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        ids = [g for g in visible.split(",") if g.strip()]
-    else:
-        import torch
-
-        ids = [str(i) for i in range(torch.cuda.device_count())]
-    if requested is not None:
-        ids = ids[:requested]
-    return ids or [None]
-
-
-def run_jobs(jobs: list[Job], slots: list[str | None], eval_opts: dict | None, start=launch) -> dict[str, int]:
-    """Run jobs, one per slot at a time; returns each job's exit code."""
-    pending, running, codes, begun = deque(jobs), {}, {}, {}
+@contextmanager
+def output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to `path`, appended, then back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
     try:
-        while pending or running:
-            for slot in slots:
-                if slot not in running and pending:
-                    job = pending.popleft()
-                    print(f"[sweep] start {job.name}" + (f" on GPU {slot}" if slot is not None else ""), flush=True)
-                    running[slot], begun[job.name] = (job, start(job, slot, eval_opts)), time.perf_counter()
-            for slot, (job, proc) in list(running.items()):
-                if proc.poll() is not None:
-                    codes[job.name] = proc.returncode
-                    del running[slot]
-                    print(f"[sweep] {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'} {job.name} "
-                          f"in {time.perf_counter() - begun[job.name]:.0f} s", flush=True)
-            if running:
-                time.sleep(POLL_S)
-    except BaseException:  # Ctrl-C or a kill of the sweep: stop its runs too (rerun the sweep to resume them)
-        for job, proc in running.values():
-            proc.terminate()
-            proc.wait()
-        raise
-    return codes
+        with open(path, "a") as log:
+            os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+            yield
+            sys.stdout.flush(), sys.stderr.flush()
+    finally:
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        os.close(saved[0]), os.close(saved[1])
+
+
+def record_attempt(run_dir: Path, sweep_id: str) -> dict:
+    """Append this attempt (node, process, GPUs, the step it resumes from) to the run's own record."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    checkpoint = last_checkpoint(run_dir) if run_dir.exists() and not is_finished(run_dir) else None
+    row = {"sweep": sweep_id, "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+           "hostname": socket.gethostname(), "pid": os.getpid(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+           "resumed_from": checkpoint_step(checkpoint) if checkpoint else None, "started": time.time()}
+    path = attempts_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def run_on_node(run_dir: str, task: str, overrides: list[str], eval_opts: dict | None, sweep_id: str,
+                threads: int) -> dict:
+    """The body of a run's Ray task: record the attempt, then train / resume / evaluate into its log."""
+    import torch
+
+    run_dir = Path(run_dir)
+    attempt = record_attempt(run_dir, sweep_id)
+    torch.set_num_threads(threads)
+    with output_to(log_path(run_dir)):
+        print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {attempt['hostname']} node {attempt['node_id'][:8]} "
+              f"pid {attempt['pid']} gpus={attempt['gpus']} resumed_from={attempt['resumed_from']}", flush=True)
+        run_child(run_dir, task, overrides, eval_opts)
+    return attempt
+
+
+def precompute_group(task: str, overrides: list[str]) -> dict:
+    """The body of a precompute task: every pooled state of one task x team into team.cache_dir."""
+    from musketeers.conditioning import precompute_states
+
+    stats = precompute_states(load_run_config(task, overrides), progress=False)
+    return {"models_loaded": stats["models_loaded"]}
+
+
+# ----------------------------------------------------------------------------- what a run asks of Ray
+
+
+def _ray_experts(cfg: dict) -> list[dict]:
+    """The experts a run starts as Ray actors (none for `single` or an in-process team)."""
+    team = cfg["team"]
+    return team["experts"] if METHODS[cfg["method"]].experts and team["backend"] == "ray" else []
+
+
+def run_demand(job: Job, resources: dict, cluster_gpus: float) -> tuple[dict, dict | None]:
+    """(the run task's Ray resource options, its placement-group bundle or None when its experts go apart)."""
+    gpus = resources["num_gpus"] if resources["num_gpus"] != "auto" else float(cluster_gpus > 0)
+    task = {"num_cpus": resources["num_cpus"], "num_gpus": gpus, "resources": dict(resources["custom"])}
+    experts = _ray_experts(job.config)
+    if not experts or job.config["team"]["placement"] == "apart":
+        return task, None
+    expert_gpus = sum(e["num_gpus"] for e in experts)
+    if gpus and gpus <= expert_gpus:
+        raise SweepError(f"{job.name}: its experts ask for {expert_gpus:g} GPU of the run's {gpus:g} "
+                         f"(team.placement together); lower their num_gpus or raise resources.num_gpus")
+    bundle = {"CPU": task["num_cpus"] + sum(e["num_cpus"] for e in experts), "GPU": max(gpus, expert_gpus)}
+    for extra in (task["resources"], *(e["resources"] for e in experts)):
+        for key, amount in extra.items():
+            bundle[key] = bundle.get(key, 0.0) + amount
+    task.update(num_gpus=gpus - expert_gpus if gpus else 0.0, resources={})  # the rest of the bundle is the experts'
+    return task, {k: v for k, v in bundle.items() if v > 0}
+
+
+def cpu_demand(job: Job, resources: dict) -> float:
+    """CPUs one run holds at once (policy and experts): a local Ray must have at least this many."""
+    return resources["num_cpus"] + sum(e["num_cpus"] for e in _ray_experts(job.config))
+
+
+def check_fits(jobs: list[Job], demands: dict[str, tuple[dict, dict | None]], nodes: list[dict]) -> None:
+    """Fail now, not wait forever, when no node of the cluster can hold a run (or one of its experts)."""
+    def fits(need: dict) -> bool:
+        return any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in need.items() if v) for node in nodes)
+
+    for job in jobs:
+        task, bundle = demands[job.name]
+        need = bundle or {"CPU": task["num_cpus"], "GPU": task["num_gpus"], **task["resources"]}
+        wants = [("the run", need)] + ([] if bundle else [
+            (f"expert {e['name']!r}", {"CPU": e["num_cpus"], "GPU": e["num_gpus"], **e["resources"]})
+            for e in _ray_experts(job.config)])
+        for who, want in wants:
+            if not fits(want):
+                have = "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if not k.startswith("node:")
+                                           and k not in ("memory", "object_store_memory")) for n in nodes)
+                raise SweepError(f"{job.name}: {who} asks for {want} and no node of the Ray cluster has that "
+                                 f"(nodes: {have or 'none'}); change resources in the sweep file or the team file")
+
+
+# ----------------------------------------------------------------------------- the live table
+
+
+@dataclass
+class RunStatus:
+    job: Job
+    state: str = "queued"  # queued | running | finished | failed | skipped | conflict
+    node: str = ""
+    attempts: int = 0
+    step: int | None = None
+    reward: float | None = None
+    started: float | None = None
+    seconds: float | None = None
+    error: str = ""
+
+    def refresh(self, sweep_id: str) -> None:
+        """Node and attempt from the run's own record; step and reward from its metrics."""
+        if self.state not in ("queued", "running"):
+            return
+        path = attempts_path(self.job.run_dir)
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        mine = [r for r in rows if r.get("sweep") == sweep_id]
+        if mine:
+            self.state, self.attempts = "running", len(mine)
+            self.node, self.started = f"{mine[-1]['hostname']} {mine[-1]['node_id'][:8]}", self.started or mine[0]["started"]
+        self.refresh_metrics()
+
+    def refresh_metrics(self) -> None:
+        metrics = read_metrics(self.job.run_dir) if is_run_dir(self.job.run_dir) else []
+        if metrics:
+            self.step, self.reward = metrics[-1]["step"], metrics[-1].get("reward")
+
+
+def render_table(statuses: list[RunStatus]) -> str:
+    """One line per run: name, state (attempt), node, step / max steps, last reward, wall time."""
+    width = max([len(s.job.name) for s in statuses] + [3])
+    lines = [f"{'run':<{width}}  {'state':<12} {'node':<24} {'step':>9}  {'reward':>6}  {'time':>6}"]
+    for s in statuses:
+        label = s.state + (f" #{s.attempts}" if s.attempts > 1 else "")
+        steps = f"{s.step if s.step is not None else '-'}/{s.job.config['training']['max_steps']}"
+        reward = f"{s.reward:.3f}" if s.reward is not None else "-"
+        seconds = s.seconds if s.seconds is not None else (time.time() - s.started if s.started else None)
+        clock = f"{seconds / 60:.1f}m" if seconds is not None else "-"
+        lines.append(f"{s.job.name:<{width}}  {label:<12} {s.node or '-':<24} {steps:>9}  {reward:>6}  {clock:>6}")
+    counts = {k: sum(s.state == k for s in statuses) for k in ("queued", "running", "finished", "failed", "skipped")}
+    lines.append(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    return "\n".join(lines)
+
+
+class Display:
+    """The table, redrawn in place on a terminal; elsewhere printed on a change of state, or every minute."""
+
+    def __init__(self):
+        self.tty, self.height, self.last_key, self.last_time = sys.stdout.isatty(), 0, None, 0.0
+
+    def show(self, statuses: list[RunStatus], force: bool = False) -> None:
+        key = [(s.state, s.node, s.attempts) for s in statuses]
+        now = time.monotonic()
+        if not (self.tty or force or key != self.last_key or now - self.last_time > TABLE_EVERY_S):
+            return
+        text = render_table(statuses)
+        if self.tty and self.height:
+            sys.stdout.write(f"\x1b[{self.height}F\x1b[J")
+        print(text, flush=True)
+        self.height, self.last_key, self.last_time = text.count("\n") + 1, key, now
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def connect(address: str | None, jobs: list[Job], resources: dict) -> bool:
+    """Join the cluster at `address`, or start a local Ray (unless one is connected). True: we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    import musketeers
+
+    code = str(Path(musketeers.__file__).resolve().parent.parent)  # the runs import the code this sweep runs
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)}
+    cpus = max([os.cpu_count() or 1] + [int(cpu_demand(j, resources) + 0.999) for j in jobs])
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20,
+             runtime_env={"env_vars": env})
+    return True
+
+
+def _place(bundle: dict | None):
+    """A one-bundle placement group on one node, its scheduling strategy for the run task (None: no group)."""
+    if bundle is None:
+        return None, None
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group([bundle], strategy="STRICT_PACK")
+    # the expert actors the run starts land in the same bundle
+    return group, PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
+                                                   placement_group_capture_child_tasks=True)
+
+
+def precompute(jobs: list[Job]) -> None:
+    """Every pooled state the runs will read, computed once before they start, one Ray task per cache."""
+    import ray
+
+    groups = list(precompute_groups(jobs).values())
+    remote = ray.remote(precompute_group)
+    refs = []
+    for job in groups:
+        cfg = job.config
+        cpus = 0.0 if cfg["team"]["backend"] == "ray" else 1.0  # Ray experts are actors with their own CPUs
+        print(f"[sweep] expert states of {cfg['task']['name']} x {cfg['team']['name']} into {cfg['team']['cache_dir']}",
+              flush=True)
+        refs.append(remote.options(num_cpus=cpus, max_retries=DEFAULT_RETRIES).remote(job.task, job.overrides))
+    for job, ref in zip(groups, refs):
+        loaded = ray.get(ref)["models_loaded"]
+        print(f"[sweep] expert states of {job.config['task']['name']} ready ({loaded} expert model(s) loaded)", flush=True)
 
 
 def precompute_groups(jobs: list[Job]) -> dict[str, Job]:
     """One run per expert-state cache the runs will read: runs of every method and seed on a task
     share one (the seed counts only for random poolings, as in the cache key)."""
     from experts.pooling import uses_seed
-    from musketeers.methods import METHODS
 
     groups = {}
     for job in jobs:
@@ -252,21 +469,69 @@ def precompute_groups(jobs: list[Job]) -> dict[str, Job]:
     return groups
 
 
-def precompute(jobs: list[Job]) -> None:
-    """Every pooled state the runs will read, computed once before they start (`experts precompute`)."""
-    from musketeers.conditioning import precompute_states
+def _failure(error: Exception, retries: int) -> str:
+    import ray
 
-    for job in precompute_groups(jobs).values():
-        cfg = load_run_config(job.task, job.overrides)
-        print(f"[sweep] expert states of {cfg.task.name} x {cfg.team.name} into {cfg.team.cache_dir}", flush=True)
-        stats = precompute_states(cfg)
-        print(f"[sweep] expert states ready ({stats['models_loaded']} expert model(s) loaded)", flush=True)
+    if isinstance(error, ray.exceptions.RayTaskError):  # the run raised: its log has the traceback
+        cause = error.cause if getattr(error, "cause", None) is not None else error
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    return f"its process or node died {retries + 1} time(s) ({type(error).__name__})"
 
 
-def sweep(path: Path, dry_run: bool = False, gpus: int | None = None, start=launch) -> dict[str, str]:
-    """Plan, print and run a sweep; returns each run's outcome."""
+def _finish(status: RunStatus, ref, retries: int) -> None:
+    import ray
+
+    try:
+        ray.get(ref)
+        status.state = "finished"
+    except (ray.exceptions.RayError, Exception) as error:  # noqa: BLE001 - one run's failure ends that run only
+        status.state, status.error = "failed", _failure(error, retries)
+    status.seconds = time.time() - status.started if status.started else None
+    status.refresh_metrics()
+
+
+def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval_opts: dict | None, retries: int,
+            sweep_id: str) -> None:
+    """Submit every run as a Ray task and follow them to the end, showing the live table."""
+    import ray
+
+    remote, pending, groups = ray.remote(run_on_node), {}, []
+    for job in todo:
+        task, bundle = demands[job.name]
+        group, strategy = _place(bundle)
+        threads = max(1, int(task["num_cpus"]))
+        options = {**task, "max_retries": retries, "retry_exceptions": False,
+                   "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
+        if strategy is not None:
+            options["scheduling_strategy"] = strategy
+            groups.append(group)
+        ref = remote.options(**options).remote(str(job.run_dir), job.task, job.overrides, eval_opts, sweep_id, threads)
+        pending[ref] = job.name
+    display, shown = Display(), list(statuses.values())
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+            for status in shown:
+                status.refresh(sweep_id)
+            for ref in ready:
+                _finish(statuses[pending.pop(ref)], ref, retries)
+            display.show(shown)
+    except BaseException:  # Ctrl-C or a kill of the sweep: stop its runs too (rerun the sweep to resume them)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        from ray.util.placement_group import remove_placement_group
+
+        for group in groups:
+            remove_placement_group(group)
+    display.show(shown, force=True)
+
+
+def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict[str, str]:
+    """Plan, print and run a sweep; returns each run's outcome (its state on disk for runs not started)."""
     data = read_sweep(path)
-    eval_opts = data.get("eval")
+    eval_opts, resources = data.get("eval"), read_resources(data, str(path))
     jobs = plan(data, str(path))
     states = {job.name: state(job, eval_opts) for job in jobs}
     for job in jobs:
@@ -277,44 +542,52 @@ def sweep(path: Path, dry_run: bool = False, gpus: int | None = None, start=laun
     conflicts = [j.name for j in jobs if states[j.name] == "conflict"]
     if conflicts:
         print(f"[sweep] not touched ({CONFIG_FILE} differs from the sweep file; move or delete them): {', '.join(conflicts)}")
-    if dry_run:
+    if dry_run or not todo:
         return states
-    out = Path(data.get("output_dir", "runs/sweep"))
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, out / SWEEP_FILE)
-    start_time = time.perf_counter()
-    precompute(todo)
-    codes = run_jobs(todo, gpu_slots(gpus), eval_opts, start)
-    outcome = {**states, **{name: "ok" if rc == 0 else f"failed (exit {rc})" for name, rc in codes.items()}}
-    print(f"[sweep] {len(todo)} run(s) in {time.perf_counter() - start_time:.0f} s; skipped {len(jobs) - len(todo)}; "
-          f"failed {sum(rc != 0 for rc in codes.values())}", flush=True)
-    return outcome
+    import ray
 
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sweep", nargs="?", type=Path, help="a sweep YAML (configs/sweeps/)")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and what would happen to each, run nothing")
-    p.add_argument("--gpus", type=int, help="use at most N GPUs (default: all visible)")
-    p.add_argument("--child", nargs=2, metavar=("RUN_DIR", "TASK"), help=argparse.SUPPRESS)
-    p.add_argument("--eval", default="null", help=argparse.SUPPRESS)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []  # the child's key=value overrides
-    args = p.parse_args(argv[: len(argv) - len(overrides) - (1 if "--" in argv else 0)])
+    started = connect(address, todo, resources)
     try:
-        if args.child:
-            run_child(Path(args.child[0]), args.child[1], overrides, json.loads(args.eval))
-            return
-        if args.sweep is None:
-            p.error("give a sweep file (configs/sweeps/*.yaml)")
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` stops the runs too, as Ctrl-C does
-        outcome = sweep(args.sweep, args.dry_run, args.gpus)
-    except MusketeersError as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        demands = {job.name: run_demand(job, resources, gpus) for job in todo}
+        check_fits(todo, demands, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        out = Path(data.get("output_dir", "runs/sweep"))
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / SWEEP_FILE)
+        begin, sweep_id = time.perf_counter(), uuid.uuid4().hex[:12]
+        precompute(todo)
+        names = {j.name for j in todo}
+        statuses = {j.name: RunStatus(j, state="queued" if j.name in names else "skipped") for j in jobs
+                    if states[j.name] != "conflict"}
+        run_all(todo, statuses, demands, eval_opts, data.get("max_retries", DEFAULT_RETRIES), sweep_id)
+    finally:
+        if started:
+            ray.shutdown()
+    failed = [s for s in statuses.values() if s.state == "failed"]
+    for s in failed:
+        print(f"[sweep] FAILED {s.job.name}: {s.error}; log: {log_path(s.job.run_dir)}", flush=True)
+    print(f"[sweep] {len(todo)} run(s) in {time.perf_counter() - begin:.0f} s; skipped {len(jobs) - len(todo)}; "
+          f"failed {len(failed)}", flush=True)
+    return {**states, **{s.job.name: "ok" if s.state == "finished" else f"failed: {s.error}"
+                         for s in statuses.values() if s.job.name in names}}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` stops the runs too, as Ctrl-C does
+    outcome = sweep(args.file, args.address, args.dry_run)
     if any(v.startswith("failed") for v in outcome.values()):
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    main()
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sweep", help="run a grid of GRPO runs as Ray tasks (configs/sweeps/*.yaml); rerun to resume",
+                              description=__doc__.split("\n")[0])
+    p.add_argument("file", type=Path, help="a sweep YAML (configs/sweeps/)")
+    p.add_argument("--address", help="a Ray cluster to run on: auto (the one `ray start` began here) or "
+                                     "ray://host:port; default: a Ray started for this sweep on this machine")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and what would happen to each, run nothing")
+    p.set_defaults(func=cmd_sweep)
+    return p

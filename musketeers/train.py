@@ -17,7 +17,8 @@ from musketeers.conditioning import build_conditioner
 from musketeers.config import ConfigError, RunConfig
 from musketeers.data import build_prompt, load_split
 from musketeers.methods import METHODS
-from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, TENSORBOARD_DIR, append_metrics, checkpoint_step, is_run_dir,
+from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, TENSORBOARD_DIR, append_metrics, checkpoint_step, checkpoints_after,
+                               is_run_dir,
                                last_checkpoint, new_run_dir, read_config, read_metrics, truncate_metrics)
 
 
@@ -183,6 +184,8 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_di
         if checkpoint is None:
             raise ConfigError(f"--resume: {str(run_dir)!r} has no checkpoint-N folder to resume from")
         truncate_metrics(run_dir, checkpoint_step(checkpoint))
+        for partial in checkpoints_after(run_dir, checkpoint_step(checkpoint)):  # a save the kill interrupted
+            shutil.rmtree(partial)
     else:
         run_dir, checkpoint = new_run_dir(cfg, run_dir), None
     print(f"run directory: {run_dir}", flush=True)

@@ -152,7 +152,8 @@ class MusketeersGRPOTrainer(GRPOTrainer):
             totals["experts/cache_hits"] += per_expert.get("hits", 0)
         previous = self.round_state.pool_totals or {k: 0 for k in totals}
         self.round_state.pool_totals = totals
-        return {k: float(v - previous[k]) for k, v in totals.items()}
+        # expert models this run has loaded so far (0 all along when every state was on disk)
+        return {**{k: float(v - previous[k]) for k, v in totals.items()}, "experts/models_loaded": float(pool.loads)}
 
     # ------------------------------------------------------------------------- 2. generation
 
@@ -275,9 +276,12 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------- 6. checkpoints
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # g_phi first: transformers writes trainer_state.json last, which marks the checkpoint complete
         if self.conditioner.adapter is not None and self.args.should_save:
-            self.save_adapter(str(checkpoint_dir(self._get_output_dir(trial=trial), self.state.global_step)))
+            folder = checkpoint_dir(self._get_output_dir(trial=trial), self.state.global_step)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.save_adapter(str(folder))
+        super()._save_checkpoint(model, trial)
 
     def save_adapter(self, folder: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.conditioner.adapter.state_dict().items()}

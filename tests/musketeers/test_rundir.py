@@ -48,11 +48,16 @@ def test_checkpoint_names_are_the_ones_trl_writes_and_finds(tmp_path):
     assert rundir.checkpoint_dir(tmp_path, 12) == tmp_path / "checkpoint-12"
     assert rundir.checkpoint_step(tmp_path / "checkpoint-12") == 12
     assert rundir.last_checkpoint(tmp_path) is None
-    checkpoint(tmp_path / "checkpoint-9")
-    checkpoint(tmp_path / "checkpoint-10", complete=False)  # resume continues from it anyway, as TRL does
+    for step in (9, 10):
+        checkpoint(tmp_path / f"checkpoint-{step}")
+        (tmp_path / f"checkpoint-{step}" / rundir.TRAINER_STATE_FILE).write_text("{}")
     (tmp_path / "checkpoint-11").write_text("")  # a file, not a folder
     (tmp_path / "checkpoint-x").mkdir()
     assert rundir.last_checkpoint(tmp_path) == Path(get_last_checkpoint(str(tmp_path))) == tmp_path / "checkpoint-10"
+    checkpoint(tmp_path / "checkpoint-12")  # a save a kill interrupted: no trainer_state.json (written last)
+    assert Path(get_last_checkpoint(str(tmp_path))) == tmp_path / "checkpoint-12"  # TRL would resume from it
+    assert rundir.last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert rundir.checkpoints_after(tmp_path, 10) == [tmp_path / "checkpoint-12"]
 
 
 def test_discovery_picks_final_over_the_highest_complete_checkpoint(tmp_path):

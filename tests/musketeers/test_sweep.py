@@ -1,40 +1,24 @@
-"""launch/sweep.py: the grid, deterministic names, skipping finished runs, resuming killed ones, GPU pinning."""
-import importlib.util
+"""musketeers.sweep: the grid, names, what each run asks of Ray, and, on a simulated multi-node Ray
+cluster (ray.cluster_utils.Cluster: nodes with their own CPUs and custom resources), runs spread over
+nodes, skipped when finished, resumed after a kill or a lost node, experts on other nodes, states
+computed once."""
 import json
-import sys
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from musketeers import sweep
 from musketeers import train as train_module
-from musketeers.rundir import read_metrics
+from musketeers.config import load_run_config
+from musketeers.rundir import attempts_path, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 TASK = str(REPO / "tests" / "fixtures" / "task_tiny.yaml")
 TINY = ["training.max_steps=2", "training.save_steps=1", "training.gradient_accumulation_steps=1"]
-
-spec = importlib.util.spec_from_file_location("sweep", REPO / "launch" / "sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-sys.modules["sweep"] = sweep  # dataclasses look their module up
-spec.loader.exec_module(sweep)
-
-
-class Finished:
-    def __init__(self, returncode):
-        self.returncode = returncode
-
-    def poll(self):
-        return self.returncode
-
-
-def in_process(job, gpu, eval_opts):
-    """The child process, run in this process (a subprocess costs ~10 s of imports)."""
-    try:
-        sweep.run_child(job.run_dir, job.task, job.overrides, eval_opts)
-        return Finished(0)
-    except BaseException:  # noqa: BLE001 - a killed run (KeyboardInterrupt) ends this run only
-        return Finished(1)
 
 
 def write_sweep(path: Path, **data) -> Path:
@@ -62,13 +46,138 @@ def test_table1_grid_has_the_papers_72_runs():
 
 
 def test_bad_sweep_files_fail_in_one_line(tmp_path, capsys):
+    from musketeers.cli import main
+
     with pytest.raises(sweep.SweepError, match="unknown key 'method'"):
         sweep.read_sweep(write_sweep(tmp_path / "a.yaml", tasks=[TASK], method=["single"], seeds=[0]))
     with pytest.raises(sweep.SweepError, match="seeds: expected a non-empty list"):
         sweep.plan(sweep.read_sweep(write_sweep(tmp_path / "b.yaml", tasks=[TASK], methods=["single"])), "b.yaml")
+    with pytest.raises(sweep.SweepError, match="resources: unknown key 'gpus'; valid: num_cpus, num_gpus, custom"):
+        sweep.read_sweep(write_sweep(tmp_path / "c.yaml", tasks=[TASK], methods=["single"], seeds=[0], resources={"gpus": 1}))
+    with pytest.raises(sweep.SweepError, match="resources.num_gpus: expected a number >= 0 or auto, got 'all'"):
+        sweep.read_sweep(write_sweep(tmp_path / "d.yaml", tasks=[TASK], methods=["single"], seeds=[0], resources={"num_gpus": "all"}))
     with pytest.raises(SystemExit) as info:
-        sweep.main([str(tmp_path / "missing.yaml")])
+        main(["sweep", str(tmp_path / "missing.yaml")])
     assert info.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- what a run asks of Ray
+
+
+def job_with(*overrides, method="perceiver", **expert_fields):
+    """A run of the tiny task whose experts are Ray actors; expert_fields: {field: [value of each expert]}."""
+    config = load_run_config(TASK, [f"method={method}", "team.backend=ray", *overrides]).to_dict()
+    for key, values in expert_fields.items():
+        for expert, value in zip(config["team"]["experts"], values):
+            expert[key] = value
+    return sweep.Job("r", Path("r"), TASK, [], config)
+
+
+def test_a_run_asks_for_its_policy_and_its_experts_together_or_apart():
+    res = sweep.read_resources({"resources": {"num_cpus": 2, "custom": {"a100": 1}}}, "s")
+    task, bundle = sweep.run_demand(job_with(num_gpus=[0.25, 0, 0]), res, cluster_gpus=8)
+    # together: one bundle on one node; the run's GPU is shared with its experts' fractions
+    assert bundle == {"CPU": 2 + 3, "GPU": 1.0, "a100": 1.0}
+    assert task == {"num_cpus": 2.0, "num_gpus": 0.75, "resources": {}}
+    task, bundle = sweep.run_demand(job_with("team.placement=apart"), res, cluster_gpus=8)
+    assert bundle is None and task == {"num_cpus": 2.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
+    task, bundle = sweep.run_demand(job_with(method="single"), sweep.read_resources({}, "s"), cluster_gpus=0)
+    assert bundle is None and task == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}  # auto: no GPU in the cluster
+    assert sweep.run_demand(job_with("team.backend=local"), res, 0)[1] is None  # in-process experts: no actors
+    with pytest.raises(sweep.SweepError, match="its experts ask for 1 GPU of the run's 1"):
+        sweep.run_demand(job_with(num_gpus=[0.5, 0.5, 0]), res, cluster_gpus=1)
+
+
+def test_a_run_no_node_can_hold_fails_before_anything_starts():
+    job = job_with("team.placement=apart", resources=[{}, {"big_node": 1.0}, {}])
+    res = sweep.read_resources({}, "s")
+    demands = {"r": sweep.run_demand(job, res, 0)}
+    sweep.check_fits([job], demands, [{"CPU": 4.0}, {"CPU": 1.0, "big_node": 1.0}])
+    with pytest.raises(sweep.SweepError, match="r: expert 'gpt2-64' asks for .*big_node.* no node of the Ray cluster"):
+        sweep.check_fits([job], demands, [{"CPU": 4.0}])
+
+
+def test_the_table_shows_state_node_step_and_reward():
+    jobs = [sweep.Job(n, Path(n), TASK, [], {"training": {"max_steps": 500}}) for n in ("a-run", "b")]
+    rows = [sweep.RunStatus(jobs[0], "running", "gpu-node-3 0123abcd", attempts=2, step=120, reward=0.4125, seconds=90.0),
+            sweep.RunStatus(jobs[1])]
+    assert sweep.render_table(rows).splitlines() == [
+        "run    state        node                          step  reward    time",
+        "a-run  running #2   gpu-node-3 0123abcd        120/500   0.412    1.5m",
+        "b      queued       -                            -/500       -       -",
+        "1 queued, 1 running"]
+
+
+# ----------------------------------------------------------------------------- on a simulated cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray head without CPUs and two worker nodes with one CPU each, custom resources node_a / node_b."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    small = {"object_store_memory": 80 * 2**20}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **small})
+    nodes = {name: c.add_node(num_cpus=1, resources={name: 1}, **small) for name in ("node_a", "node_b")}
+    ray.init(address=c.address, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def attempts(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in attempts_path(run_dir).read_text().splitlines()]
+
+
+def deterministic(row):
+    """Metrics that do not depend on where or in how many pieces a run ran (wall times, expert cache counters)."""
+    return {k: v for k, v in row.items() if not k.startswith(("time/", "experts/")) and k != "step_time"}
+
+
+@pytest.mark.slow
+def test_runs_spread_over_the_nodes_and_a_finished_sweep_starts_nothing(cluster, tmp_path, capsys):
+    _, nodes = cluster
+    file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["single"],
+                       seeds=[0, 1, 2, 3], overrides=TINY)
+    outcome = sweep.sweep(file)
+    assert list(outcome.values()) == ["ok"] * 4
+    used = {attempts(tmp_path / "out" / name)[0]["node_id"] for name in outcome}
+    assert used == {n.node_id for n in nodes.values()}  # one CPU per node: two runs at a time, one on each
+    printed = capsys.readouterr().out
+    assert "4 finished" in printed and "[sweep] 4 run(s) in" in printed
+    assert sweep.sweep(file) == {name: "finished" for name in outcome}  # rerun: nothing starts
+    assert all(len(attempts(tmp_path / "out" / name)) == 1 for name in outcome)
+
+
+@pytest.mark.slow
+def test_sweep_skips_finished_runs_resumes_killed_ones_and_restarts_empty_ones(cluster, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    file = write_sweep(tmp_path / "s.yaml", output_dir=str(out), tasks=[TASK], methods=["perceiver"], seeds=[0, 1, 2],
+                       overrides=TINY, eval={"limit": 2, "batch_size": 2})
+    jobs = {j.name: j for j in sweep.plan(sweep.read_sweep(file), "s")}
+    seed0, seed1, seed2 = (out / f"tiny-perceiver-tiny-seed{k}" for k in range(3))
+    sweep.run_child(seed0, TASK, jobs[seed0.name].overrides, None)  # finished, not evaluated yet
+    monkeypatch.setattr(train_module, "build_trainer", interrupt_seed(seed=1, step=1))
+    with pytest.raises(KeyboardInterrupt):  # seed 1: killed right after checkpoint-1
+        sweep.run_child(seed1, TASK, jobs[seed1.name].overrides, None)
+    seed2.mkdir()  # seed 2: killed before its first checkpoint (a config and a metrics row)
+    (seed2 / "config.yaml").write_text(yaml.safe_dump(jobs[seed2.name].config, sort_keys=False))
+    (seed2 / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.0}) + "\n")
+    assert sweep.sweep(file, dry_run=True) == {seed0.name: "evaluate", seed1.name: "resume", seed2.name: "restart"}
+
+    assert sweep.sweep(file) == {seed0.name: "ok", seed1.name: "ok", seed2.name: "ok"}
+    assert [a["resumed_from"] for a in attempts(seed1)] == [1] and attempts(seed2)[0]["resumed_from"] is None
+    for run_dir in (seed0, seed1, seed2):
+        assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
+        assert (run_dir / "DONE").is_file() and (run_dir / "final" / "eval-validation.json").is_file()
+    assert "=== " in (out / "logs" / f"{seed1.name}.log").read_text()  # each run's output, on the head
+
+    write_sweep(file, output_dir=str(out), tasks=[TASK], methods=["perceiver"], seeds=[0],
+                overrides=[*TINY[:-1], "training.gradient_accumulation_steps=2"])
+    assert sweep.sweep(file) == {seed0.name: "conflict"}  # changed config: left alone
 
 
 def interrupt_seed(seed, step):
@@ -90,92 +199,98 @@ def interrupt_seed(seed, step):
     return build
 
 
-def test_sweep_skips_finished_runs_resumes_killed_ones_and_restarts_empty_ones(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "POLL_S", 0.0)
-    out = tmp_path / "out"
-    file = write_sweep(tmp_path / "s.yaml", output_dir=str(out), tasks=[TASK], methods=["perceiver"], seeds=[0, 1],
-                       overrides=TINY, eval={"limit": 2, "batch_size": 2})
-    monkeypatch.setattr(train_module, "build_trainer", interrupt_seed(seed=1, step=1))
-    outcome = sweep.sweep(file, start=in_process)
-    seed0, seed1, seed2 = (out / f"tiny-perceiver-tiny-seed{k}" for k in range(3))
-    assert outcome == {seed0.name: "ok", seed1.name: "failed (exit 1)"}
-    assert (seed0 / "DONE").is_file() and (seed0 / "final" / "eval-validation.json").is_file()
-    assert not (seed1 / "DONE").exists() and (seed1 / "checkpoint-1").is_dir() and not (seed1 / "final").exists()
-
-    # seed 2: killed before its first checkpoint (a config and a metrics row, nothing to resume from)
-    write_sweep(file, output_dir=str(out), tasks=[TASK], methods=["perceiver"], seeds=[0, 1, 2], overrides=TINY,
-                eval={"limit": 2, "batch_size": 2})
-    job2 = next(j for j in sweep.plan(sweep.read_sweep(file), "s") if j.name == seed2.name)
-    seed2.mkdir()
-    (seed2 / "config.yaml").write_text(yaml.safe_dump(job2.config, sort_keys=False))
-    (seed2 / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.0}) + "\n")
-    assert sweep.sweep(file, dry_run=True) == {seed0.name: "finished", seed1.name: "resume", seed2.name: "restart"}
-
-    calls = []
-    real_train = train_module.train
-    monkeypatch.setattr(train_module, "build_trainer", interrupt_seed(seed=-1, step=0))
-    monkeypatch.setattr(train_module, "train", lambda *a, **k: calls.append((a, k)) or real_train(*a, **k))
-    outcome = sweep.sweep(file, start=in_process)
-    assert outcome == {seed0.name: "finished", seed1.name: "ok", seed2.name: "ok"}
-    assert calls[0] == ((), {"resume": seed1}) and calls[1][1] == {"run_dir": seed2}  # seed 0 not trained again
-    for run_dir in (seed1, seed2):
-        assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
-        assert (run_dir / "DONE").is_file() and (run_dir / "final" / "eval-validation.json").is_file()
-
-    (seed0 / "final" / "eval-validation.json").unlink()  # finished but not evaluated: evaluate only
-    assert sweep.sweep(file, dry_run=True)[seed0.name] == "evaluate"
-    calls.clear()
-    sweep.sweep(file, start=in_process)
-    assert not calls and (seed0 / "final" / "eval-validation.json").is_file()
-
-    write_sweep(file, output_dir=str(out), tasks=[TASK], methods=["perceiver"], seeds=[0],
-                overrides=[*TINY[:-1], "training.gradient_accumulation_steps=2"])
-    assert sweep.sweep(file, start=in_process) == {seed0.name: "conflict"}  # changed config: left alone
+@pytest.mark.slow
+def test_a_run_whose_node_dies_finishes_from_its_checkpoint_on_another_node(cluster, tmp_path):
+    """Two spare nodes offer a `spare` resource; the run's node is removed once it has saved a
+    checkpoint; Ray retries it on the other one, where it resumes with the metrics of a run never stopped."""
+    c, _ = cluster
+    spares = [c.add_node(num_cpus=1, resources={"spare": 1}, object_store_memory=80 * 2**20) for _ in range(2)]
+    c.wait_for_nodes()
+    steps = ["training.max_steps=24", "training.save_steps=2", "training.gradient_accumulation_steps=1"]
+    file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["perceiver"],
+                       seeds=[0], overrides=steps, resources={"num_cpus": 1, "custom": {"spare": 1}}, max_retries=2)
+    run_dir = tmp_path / "out" / "tiny-perceiver-tiny-seed0"
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(sweep.sweep(file)))
+    driver.start()
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint-2" / "trainer_state.json").is_file():
+        assert time.monotonic() < deadline and driver.is_alive(), "the run never saved its first checkpoint"
+        time.sleep(0.05)
+    first = attempts(run_dir)[0]["node_id"]
+    victim = next(n for n in spares if n.node_id == first)
+    c.remove_node(victim)
+    driver.join(timeout=240)
+    assert result == {run_dir.name: "ok"}
+    tries = attempts(run_dir)
+    assert len(tries) == 2 and tries[1]["node_id"] != first and tries[1]["resumed_from"] >= 2
+    straight = train_module.train(load_run_config(TASK, [*steps, "method=perceiver", f"output_dir={tmp_path / 'ref'}"]))
+    expected, got = read_metrics(straight), read_metrics(run_dir)
+    assert [r["step"] for r in got] == list(range(1, 25))
+    assert [deterministic(r) for r in got] == [deterministic(r) for r in expected]
+    for node in spares:
+        if node is not victim:
+            c.remove_node(node)
 
 
-def test_one_run_per_gpu_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "POLL_S", 0.0)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert sweep.gpu_slots(None) == ["3", "5"] and sweep.gpu_slots(1) == ["3"]
-    busy, log = set(), []
+@pytest.mark.slow
+def test_an_expert_on_another_node_serves_the_same_states_as_in_process(cluster):
+    """The trainer's process on node_a, its expert actors on node_b: states cross Ray's object store."""
+    import ray
+    import torch
 
-    class Proc:
-        def __init__(self, gpu):
-            self.gpu, self.polls, self.returncode = gpu, 0, None
+    from experts.pool import ExpertPool
 
-        def poll(self):
-            self.polls += 1
-            if self.polls == 3:
-                self.returncode = 0
-                busy.remove(self.gpu)
-            return self.returncode
+    cfg = load_run_config(TASK, ["team.backend=ray", "team.placement=apart"])
+    for expert in cfg.team.experts:
+        expert.resources, expert.num_cpus = {"node_b": 0.1}, 0.25  # all three on node_b's one CPU
+    questions = ["What is 2 + 3?", "Sort 3 1 2.", "What is 2 + 3?"]
 
-    def start(job, gpu, eval_opts):
-        assert gpu not in busy  # never two runs on one GPU
-        busy.add(gpu)
-        log.append((job.name, gpu))
-        return Proc(gpu)
+    @ray.remote(num_cpus=0, resources={"node_a": 0.1})
+    def on_node_a(team):
+        with ExpertPool(team, None, seed=0) as pool:
+            return ray.get_runtime_context().get_node_id(), [i["node_id"] for i in pool.infos], pool.encode(questions)
 
-    jobs = [sweep.Job(f"r{k}", tmp_path / f"r{k}", TASK, []) for k in range(5)]
-    codes = sweep.run_jobs(jobs, sweep.gpu_slots(None), None, start)
-    assert codes == {f"r{k}": 0 for k in range(5)} and [g for _, g in log[:2]] == ["3", "5"]
+    _, nodes = cluster
+    trainer_node, expert_nodes, remote = ray.get(on_node_a.remote(cfg.team))
+    assert trainer_node == nodes["node_a"].node_id and set(expert_nodes) == {nodes["node_b"].node_id}
+    with ExpertPool(cfg.team, None, seed=0, backend="local") as pool:
+        local = pool.encode(questions)
+    assert all(torch.equal(a, b) for a, b in zip(remote, local))
 
 
-def test_launch_pins_the_gpu_and_logs(tmp_path, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(sweep.subprocess, "Popen", lambda cmd, env, stdout, stderr: seen.update(cmd=cmd, env=env))
-    job = sweep.Job("r", tmp_path / "out" / "r", TASK, ["seed=1"])
-    sweep.launch(job, "2", {"limit": 4})
-    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2" and seen["cmd"][-2:] == ["--", "seed=1"]
-    assert "--child" in seen["cmd"] and (tmp_path / "out" / "logs" / "r.log").read_text().startswith("\n=== ")
+@pytest.mark.slow
+def test_together_places_a_runs_expert_actors_in_its_own_bundle_on_its_node(cluster):
+    """team.placement together: the run task's placement group holds its experts' actors too."""
+    import ray
+
+    from experts.pool import ExpertPool
+
+    job = job_with(num_cpus=[0.25] * 3)
+    task, bundle = sweep.run_demand(job, sweep.read_resources({"resources": {"num_cpus": 0.25}}, "s"), 0)
+    assert bundle == {"CPU": 1.0}
+    group, strategy = sweep._place(bundle)
+    team = load_run_config(TASK, ["team.backend=ray"]).team
+    for expert in team.experts:
+        expert.num_cpus = 0.25
+
+    @ray.remote
+    def run(team):
+        with ExpertPool(team, None, seed=0) as pool:
+            return ray.get_runtime_context().get_node_id(), [i["node_id"] for i in pool.infos]
+
+    try:
+        node, expert_nodes = ray.get(run.options(num_cpus=task["num_cpus"], scheduling_strategy=strategy).remote(team))
+    finally:
+        ray.util.remove_placement_group(group)
+    assert set(expert_nodes) == {node}
 
 
-def test_the_sweep_computes_expert_states_once_before_its_runs(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_the_sweep_computes_expert_states_once_before_its_runs(cluster, tmp_path):
     """With team.cache_dir set, the runs of every method and seed read one cache, filled before they
-    start: the tiny team's three experts load once for the whole sweep, never inside a run."""
-    import experts.pool
-
-    monkeypatch.setattr(sweep, "POLL_S", 0.0)
+    start by one precompute task: no run loads an expert model, and each trains as it would have
+    with states it computed itself."""
     cache = f"team.cache_dir={tmp_path / 'states'}"
     file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["single", "perceiver", "ffn"],
                        seeds=[0, 1], overrides=[*TINY, cache])
@@ -184,11 +299,12 @@ def test_the_sweep_computes_expert_states_once_before_its_runs(tmp_path, monkeyp
     random = sweep.plan({**sweep.read_sweep(file), "overrides": [*TINY, cache, "team.pooling=random_token"]}, "s")
     assert len(sweep.precompute_groups(random)) == 2  # a random pooling's states depend on the seed
 
-    loads = []
-    original = experts.pool.ExpertWorker.__init__
-    monkeypatch.setattr(experts.pool.ExpertWorker, "__init__", lambda self, *a, **k: loads.append(a[0].name) or original(self, *a, **k))
-    outcome = sweep.sweep(file, start=in_process)
+    outcome = sweep.sweep(file)
     assert set(outcome.values()) == {"ok"} and len(outcome) == 2 + 4
-    assert sorted(loads) == ["gpt2-64", "llama-48", "qwen2-80"]  # once, by the precompute
-    assert all(row["experts/forwards"] == 0 for run in ("perceiver", "ffn") for seed in (0, 1)
-               for row in read_metrics(tmp_path / "out" / f"tiny-{run}-tiny-seed{seed}"))
+    for method in ("perceiver", "ffn"):
+        rows = read_metrics(tmp_path / "out" / f"tiny-{method}-tiny-seed0")
+        assert all(r["experts/models_loaded"] == 0 and r["experts/forwards"] == 0 for r in rows)
+    own = train_module.train(load_run_config(TASK, [*TINY, "method=perceiver", f"output_dir={tmp_path / 'own'}"]))
+    assert read_metrics(own)[-1]["experts/models_loaded"] == 3
+    assert [deterministic(r) for r in read_metrics(own)] == \
+        [deterministic(r) for r in read_metrics(tmp_path / "out" / "tiny-perceiver-tiny-seed0")]
