@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from musketeers import plots
 from musketeers import report as rp
 from musketeers.config import load_run_config
 
@@ -84,15 +85,15 @@ def test_tables_equal_hand_computed_values(runs, tmp_path):
 def test_every_plot_is_written_when_there_is_data(runs, tmp_path):
     out = tmp_path / "out"
     text = rp.report([runs], out)
-    for kind in rp.PLOTS:
+    for kind in plots.PLOTS:
         assert (out / f"{kind}-tiny.png").stat().st_size > 10_000, kind
     assert "skipped" not in text
 
 
 def test_utilisation_change_is_last_tenth_minus_first_step(runs):
     run = rp.load_run(runs / "p0")
-    assert rp._change(run, "routing/utilisation/llama-48") == pytest.approx(0.18)
-    assert rp._change(run, "routing/utilisation/gpt2-64") == pytest.approx(-0.18)
+    assert rp.change_from_start(run, "routing/utilisation/llama-48") == pytest.approx(0.18)
+    assert rp.change_from_start(run, "routing/utilisation/gpt2-64") == pytest.approx(-0.18)
 
 
 def test_without_eval_json_the_report_says_which_number_it_shows(tmp_path):
