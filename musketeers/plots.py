@@ -48,7 +48,7 @@ def _window(groups: list[Group]) -> int:
     return max(1, longest // 25)
 
 
-def _figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2):
+def _figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2, sharex: bool = True):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +56,7 @@ def _figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2
 
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(panels, 1, figsize=(width, height * panels), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(panels, 1, figsize=(width, height * panels), squeeze=False, sharex=sharex)
     fig.suptitle(title)
     for ax in axes[:, 0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps
@@ -113,18 +113,21 @@ def plot_utilisation_change(task: str, groups: list[Group], path: Path) -> str |
     routed = [(g, routing_keys(g)) for g in groups if routing_keys(g)]
     if not routed:
         return "no run logged per-expert utilisation or selection frequency"
-    fig, (ax,) = _figure(f"Utilisation change from initialisation, task {task}\n"
-                         "(mean of the last 10% of steps minus step 1; mean ± std over seeds)")
-    width = 0.8 / len(routed)
-    for j, (g, (prefix, names)) in enumerate(routed):
-        changes = np.array([[change_from_start(r, prefix + n) for n in names] for r in g.runs])
-        std = changes.std(0, ddof=1) if len(g.runs) > 1 else None
-        ax.bar(np.arange(len(names)) + j * width, changes.mean(0), width, yerr=std, capsize=3, label=g.label)
-    all_names = routed[0][1][1]
-    ax.set_xticks(np.arange(len(all_names)) + width * (len(routed) - 1) / 2, all_names, fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("change of u_i")
-    ax.legend(fontsize=7)
+    teams: dict[tuple, list] = defaultdict(list)  # one panel per set of experts (Figure 4: default, llm, naive)
+    for g, (prefix, names) in routed:
+        teams[(prefix, *names)].append(g)
+    fig, axes = _figure(f"Utilisation change from initialisation, task {task}\n"
+                        "(mean of the last 10% of steps minus step 1; mean ± std over seeds)", panels=len(teams), sharex=False)
+    for ax, ((prefix, *names), members) in zip(axes, teams.items()):
+        width = 0.8 / len(members)
+        for j, g in enumerate(members):
+            changes = np.array([[change_from_start(r, prefix + n) for n in names] for r in g.runs])
+            std = changes.std(0, ddof=1) if len(g.runs) > 1 else None
+            ax.bar(np.arange(len(names)) + j * width, changes.mean(0), width, yerr=std, capsize=3, label=g.label)
+        ax.set_xticks(np.arange(len(names)) + width * (len(members) - 1) / 2, names, fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("change of u_i" if "utilisation" in prefix else "change of selection frequency")
+        ax.legend(fontsize=7)
     _save(fig, path)
     return None
 

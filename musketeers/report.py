@@ -14,9 +14,12 @@ Numbers, named for what they are:
   * training reward: the mean `reward` over the last 10% of a run's logged steps (at least one step);
     always available, but it is the sampled (temperature 1) reward on training prompts, not accuracy;
   * rho: Spearman rank correlation between a run's reward and routing-entropy series
-    (musketeers.metrics.spearman_rho; runs without routing entropy have none).
+    (musketeers.metrics.spearman_rho; runs without routing entropy have none);
+  * reward with and without C (Figure 5): both on the steps that logged `reward_without_context`;
+  * expert utilisation u_i (Figure 4): at the first logged step, at the end (last 10%) and the change.
 
-The plots are drawn by musketeers/plots.py.
+Rows of one method and team come in a reader's order: numbers by value (Figure 6's m), poolings as
+experts.config.POOLINGS lists them (Table 2). The plots are drawn by musketeers/plots.py.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from experts.config import POOLINGS
 from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS
@@ -131,6 +135,7 @@ class Group:
     label: str  # the table row
     method: str
     runs: list[Run]
+    order: tuple = ()  # where its row goes among the groups of its method and team (setting_rank)
 
     def values(self, which: str) -> list[float]:
         """Per seed: accuracy ("eval", "baseline") or the final training reward ("reward"), in %."""
@@ -152,11 +157,23 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for (task, method, team), members in families.items():
         keys = sorted({k for m in members for k in m[0].settings}) if len(members) > 1 else []
         differing = [k for k in keys if len({m[0].settings.get(k) for m in members}) > 1]
+        label = METHODS[method].label + (f" ({team})" if METHODS[method].experts else "")
         for m in members:
-            label = METHODS[method].label + (f" ({team})" if METHODS[method].experts else "")
-            extra = ", ".join(f"{k.split('.')[-1]}={json.loads(m[0].settings.get(k, 'null'))}" for k in differing)
-            groups.append(Group(task, f"{label}, {extra}" if extra else label, method, sorted(m, key=lambda r: r.cfg.seed)))
-    return sorted(groups, key=lambda g: (_method_rank(g.method), g.label, task_rank(g.task)))
+            values = {k: json.loads(m[0].settings.get(k, "null")) for k in differing}
+            extra = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+            groups.append(Group(task, f"{label}, {extra}" if extra else label, method, sorted(m, key=lambda r: r.cfg.seed),
+                                (label, *(setting_rank(k, v) for k, v in values.items()))))
+    return sorted(groups, key=lambda g: (_method_rank(g.method), g.order, task_rank(g.task)))
+
+
+def setting_rank(key: str, value: Any) -> tuple:
+    """Rows of one method and team in a reader's order: numbers by value (m = 2, 4, ..., 128), poolings
+    as experts.config.POOLINGS lists them (the default, last_token, first), anything else by its text."""
+    if key == "team.pooling" and value in POOLINGS:
+        return (0, POOLINGS.index(value), "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, json.dumps(value, sort_keys=True))
 
 
 def _method_rank(method: str) -> int:
@@ -171,6 +188,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample std (ddof=1; NaN for one value)."""
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def routing_keys(group: Group) -> tuple[str, list[str]] | None:
+    """("routing/utilisation/" or "routing/frequency/", expert names) when the group logged routing."""
+    names = [e.name for e in group.runs[0].cfg.team.experts]
+    for prefix in ("routing/utilisation/", "routing/frequency/"):
+        if names and any(r.series(prefix + names[0]) for r in group.runs):
+            return prefix, names
+    return None
+
+
+def first_and_end(run: Run, key: str) -> tuple[float, float]:
+    """The first logged value (the initial adapter) and the mean over the last 10% of logged steps."""
+    values = [v for _, v in sorted(run.series(key).items())]
+    if not values:
+        return math.nan, math.nan
+    return values[0], float(np.mean(values[-max(1, math.ceil(LAST_FRACTION * len(values))):]))
+
+
+def change_from_start(run: Run, key: str) -> float:
+    """Mean over the last 10% of logged steps minus the first logged value."""
+    first, end = first_and_end(run, key)
+    return end - first
 
 
 # ----------------------------------------------------------------------------- tables
@@ -222,6 +265,47 @@ def rho_summary(runs: list[Run]) -> str:
             f"{len(rhos) - len(finite)} run(s) have none (no routing entropy, fewer than 3 steps, or a constant series).")
 
 
+def _pm(values: list[float], digits: int) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def routing_table(groups: list[Group]) -> str | None:
+    """Figure 4 as numbers: per group and expert, u_i (or the hard router's selection frequency) at the
+    first logged step, at the end (mean of the last 10% of steps) and the change; mean ± std over seeds."""
+    lines = ["| method | task | expert | routing share | at step 1 | at the end (last 10%) | change |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for g in groups:
+        if not (keys := routing_keys(g)):
+            continue
+        prefix, names = keys
+        for name in names:
+            ends = [first_and_end(r, prefix + name) for r in g.runs if r.series(prefix + name)]
+            lines.append(f"| {g.label} | {g.task} | {name} | {prefix.split('/')[1]} | {_pm([a for a, _ in ends], 3)} | "
+                         f"{_pm([b for _, b in ends], 3)} | {_pm([b - a for a, b in ends], 3)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def without_context_table(groups: list[Group]) -> str | None:
+    """Figure 5 as numbers: training reward with C and without C (as the KL reference sees it) on the steps that
+    logged both, mean of the last 10% of those steps per run, then mean ± std over seeds, in %."""
+    lines = ["| method | task | steps logged without C | reward with C | reward without C | difference |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for g in groups:
+        pairs = []  # per run: (with C, without C) over the same steps
+        for r in g.runs:
+            without, with_c = r.series("reward_without_context"), r.series("reward")
+            steps = sorted(set(without) & set(with_c))
+            steps = steps[-max(1, math.ceil(LAST_FRACTION * len(steps))):] if steps else []
+            if steps:
+                pairs.append((100 * np.mean([with_c[k] for k in steps]), 100 * np.mean([without[k] for k in steps])))
+        if pairs:
+            logged = max(len(r.series("reward_without_context")) for r in g.runs)
+            lines.append(f"| {g.label} | {g.task} | {logged} | {_pm([a for a, _ in pairs], 2)} | {_pm([b for _, b in pairs], 2)} | "
+                         f"{_pm([a - b for a, b in pairs], 2)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def _eval_notes(runs: list[Run]) -> list[str]:
     sizes = sorted({(r.task, r.eval["split"], r.eval["n"], r.eval["split_size"]) for r in runs if r.eval})
     return [f"- {task}: {split} split, {n} of {size} items" + (" (--limit)" if n < size else "") for task, split, n, size in sizes]
@@ -241,7 +325,16 @@ def build_markdown(runs: list[Run], groups: list[Group], plots: list[str], skipp
     if any(r.baseline for r in runs):
         parts += ["", "## Untrained baseline accuracy (%), `musketeers eval --baseline`", "", results_table(groups, "baseline")]
     parts += ["", f"## Training reward (%), mean over the last {LAST_FRACTION:.0%} of logged steps (sampled, training prompts)",
-              "", results_table(groups, "reward"), "", "## Runs", "", runs_table(runs), "", rho_summary(runs), "", "## Plots", ""]
+              "", results_table(groups, "reward")]
+    if table := without_context_table(groups):
+        parts += ["", f"## Training reward with and without C (%), last {LAST_FRACTION:.0%} of the steps that logged both", "",
+                  "Without C: completions sampled on the same prompts as the KL reference sees them "
+                  "(`training.reference_context`: zeros in place of C by default), every `training.no_context_reward_every` "
+                  "steps; logged, not trained on.", "", table]
+    if table := routing_table(groups):
+        parts += ["", "## Expert utilisation u_i (fraction of the adapter's attention; hard routing: selection frequency)",
+                  "", table]
+    parts += ["", "## Runs", "", runs_table(runs), "", rho_summary(runs), "", "## Plots", ""]
     parts += [f"- ![{p}]({p})" for p in plots] or ["- none"]
     parts += [f"- skipped: {s}" for s in skipped]
     return "\n".join(parts) + "\n"
@@ -259,32 +352,13 @@ def report(paths: list[str | Path], out: str | Path) -> str:
     groups = group_runs(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from musketeers.plots import make_plots  # matplotlib: imported when a report is written
+    from musketeers.plots import make_plots  # here: plots.py imports this module
 
     plots, skipped = make_plots(groups, out)
     text = build_markdown(runs, groups, plots, skipped)
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary_json(runs), indent=1))
     return text
-
-
-# ----------------------------------------------------------------------------- routing
-
-
-def routing_keys(group: Group) -> tuple[str, list[str]] | None:
-    """("routing/utilisation/" or "routing/frequency/", expert names) when the group logged routing."""
-    names = [e.name for e in group.runs[0].cfg.team.experts]
-    for prefix in ("routing/utilisation/", "routing/frequency/"):
-        if names and any(r.series(prefix + names[0]) for r in group.runs):
-            return prefix, names
-    return None
-
-
-def change_from_start(run: Run, key: str) -> float:
-    """Mean over the last 10% of logged steps minus the first logged value (the initial adapter)."""
-    values = [v for _, v in sorted(run.series(key).items())]
-    k = max(1, math.ceil(LAST_FRACTION * len(values)))
-    return float(np.mean(values[-k:]) - values[0]) if values else math.nan
 
 
 # ----------------------------------------------------------------------------- CLI
