@@ -267,6 +267,7 @@ def rho_summary(runs: list[Run]) -> str:
 
 def _pm(values: list[float], digits: int) -> str:
     mean, std = mean_std(values)
+    mean = round(mean, digits) + 0.0  # no "-0.000"
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
