@@ -14,7 +14,12 @@ Numbers, named for what they are:
   * training reward: the mean `reward` over the last 10% of a run's logged steps (at least one step);
     always available, but it is the sampled (temperature 1) reward on training prompts, not accuracy;
   * rho: Spearman rank correlation between a run's reward and routing-entropy series
-    (musketeers.metrics.spearman_rho; runs without routing entropy have none).
+    (musketeers.metrics.spearman_rho; runs without routing entropy have none);
+  * reward with and without C (Figure 5): both on the steps that logged `reward_without_context`;
+  * expert utilisation u_i (Figure 4): at the first logged step, at the end (last 10%) and the change.
+
+Rows of one method and team come in a reader's order: numbers by value (Figure 6's m), poolings as
+experts.config.POOLINGS lists them (Table 2). The plots are drawn by musketeers/plots.py.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from experts.config import POOLINGS
 from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS
@@ -130,6 +135,7 @@ class Group:
     label: str  # the table row
     method: str
     runs: list[Run]
+    order: tuple = ()  # where its row goes among the groups of its method and team (setting_rank)
 
     def values(self, which: str) -> list[float]:
         """Per seed: accuracy ("eval", "baseline") or the final training reward ("reward"), in %."""
@@ -151,18 +157,30 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for (task, method, team), members in families.items():
         keys = sorted({k for m in members for k in m[0].settings}) if len(members) > 1 else []
         differing = [k for k in keys if len({m[0].settings.get(k) for m in members}) > 1]
+        label = METHODS[method].label + (f" ({team})" if METHODS[method].experts else "")
         for m in members:
-            label = METHODS[method].label + (f" ({team})" if METHODS[method].experts else "")
-            extra = ", ".join(f"{k.split('.')[-1]}={json.loads(m[0].settings.get(k, 'null'))}" for k in differing)
-            groups.append(Group(task, f"{label}, {extra}" if extra else label, method, sorted(m, key=lambda r: r.cfg.seed)))
-    return sorted(groups, key=lambda g: (_method_rank(g.method), g.label, _task_rank(g.task)))
+            values = {k: json.loads(m[0].settings.get(k, "null")) for k in differing}
+            extra = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+            groups.append(Group(task, f"{label}, {extra}" if extra else label, method, sorted(m, key=lambda r: r.cfg.seed),
+                                (label, *(setting_rank(k, v) for k, v in values.items()))))
+    return sorted(groups, key=lambda g: (_method_rank(g.method), g.order, task_rank(g.task)))
+
+
+def setting_rank(key: str, value: Any) -> tuple:
+    """Rows of one method and team in a reader's order: numbers by value (m = 2, 4, ..., 128), poolings
+    as experts.config.POOLINGS lists them (the default, last_token, first), anything else by its text."""
+    if key == "team.pooling" and value in POOLINGS:
+        return (0, POOLINGS.index(value), "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, json.dumps(value, sort_keys=True))
 
 
 def _method_rank(method: str) -> int:
     return METHODS[method].table_row
 
 
-def _task_rank(task: str) -> tuple[int, str]:
+def task_rank(task: str) -> tuple[int, str]:
     return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
 
 
@@ -170,6 +188,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample std (ddof=1; NaN for one value)."""
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def routing_keys(group: Group) -> tuple[str, list[str]] | None:
+    """("routing/utilisation/" or "routing/frequency/", expert names) when the group logged routing."""
+    names = [e.name for e in group.runs[0].cfg.team.experts]
+    for prefix in ("routing/utilisation/", "routing/frequency/"):
+        if names and any(r.series(prefix + names[0]) for r in group.runs):
+            return prefix, names
+    return None
+
+
+def first_and_end(run: Run, key: str) -> tuple[float, float]:
+    """The first logged value (the initial adapter) and the mean over the last 10% of logged steps."""
+    values = [v for _, v in sorted(run.series(key).items())]
+    if not values:
+        return math.nan, math.nan
+    return values[0], float(np.mean(values[-max(1, math.ceil(LAST_FRACTION * len(values))):]))
+
+
+def change_from_start(run: Run, key: str) -> float:
+    """Mean over the last 10% of logged steps minus the first logged value."""
+    first, end = first_and_end(run, key)
+    return end - first
 
 
 # ----------------------------------------------------------------------------- tables
@@ -187,7 +231,7 @@ def _cell(values: list[float], total: int) -> str:
 
 def results_table(groups: list[Group], which: str) -> str:
     """Markdown: rows = method labels, columns = tasks, cells = mean ± std over seeds."""
-    tasks = sorted({g.task for g in groups}, key=_task_rank)
+    tasks = sorted({g.task for g in groups}, key=task_rank)
     labels = list(dict.fromkeys(g.label for g in groups))
     cells = {(g.label, g.task): _cell(g.values(which), len(g.runs)) for g in groups}
     lines = ["| method | " + " | ".join(tasks) + " |", "| --- |" + " --- |" * len(tasks)]
@@ -203,7 +247,7 @@ def runs_table(runs: list[Run]) -> str:
     """One line per run: steps, final training reward, held-out accuracy and rho."""
     lines = ["| run | task | method | team | seed | steps | training reward (%, last 10%) | held-out accuracy (%) | rho(reward, entropy) |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in sorted(runs, key=lambda r: (_task_rank(r.task), _method_rank(r.cfg.method), r.path.name)):
+    for r in sorted(runs, key=lambda r: (task_rank(r.task), _method_rank(r.cfg.method), r.path.name)):
         acc = f"{100 * r.eval['accuracy']:.2f} (n={r.eval['n']})" if r.eval else "—"
         steps = r.rows[-1]["step"] if r.rows else 0
         lines.append(f"| {r.path.name} | {r.task} | {r.cfg.method} | {r.team} | {r.cfg.seed} | {steps} | "
@@ -219,6 +263,48 @@ def rho_summary(runs: list[Run]) -> str:
                 "which perceiver runs log, and a reward and an entropy that are not constant).")
     return (f"Mean Spearman rho(reward, routing entropy) over {len(finite)} run(s): {np.mean(finite):.3f} (paper: -0.48); "
             f"{len(rhos) - len(finite)} run(s) have none (no routing entropy, fewer than 3 steps, or a constant series).")
+
+
+def _pm(values: list[float], digits: int) -> str:
+    mean, std = mean_std(values)
+    mean = round(mean, digits) + 0.0  # no "-0.000"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def routing_table(groups: list[Group]) -> str | None:
+    """Figure 4 as numbers: per group and expert, u_i (or the hard router's selection frequency) at the
+    first logged step, at the end (mean of the last 10% of steps) and the change; mean ± std over seeds."""
+    lines = ["| method | task | expert | routing share | at step 1 | at the end (last 10%) | change |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for g in groups:
+        if not (keys := routing_keys(g)):
+            continue
+        prefix, names = keys
+        for name in names:
+            ends = [first_and_end(r, prefix + name) for r in g.runs if r.series(prefix + name)]
+            lines.append(f"| {g.label} | {g.task} | {name} | {prefix.split('/')[1]} | {_pm([a for a, _ in ends], 3)} | "
+                         f"{_pm([b for _, b in ends], 3)} | {_pm([b - a for a, b in ends], 3)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def without_context_table(groups: list[Group]) -> str | None:
+    """Figure 5 as numbers: training reward with C and without C (as the KL reference sees it) on the steps that
+    logged both, mean of the last 10% of those steps per run, then mean ± std over seeds, in %."""
+    lines = ["| method | task | steps logged without C | reward with C | reward without C | difference |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for g in groups:
+        pairs = []  # per run: (with C, without C) over the same steps
+        for r in g.runs:
+            without, with_c = r.series("reward_without_context"), r.series("reward")
+            steps = sorted(set(without) & set(with_c))
+            steps = steps[-max(1, math.ceil(LAST_FRACTION * len(steps))):] if steps else []
+            if steps:
+                pairs.append((100 * np.mean([with_c[k] for k in steps]), 100 * np.mean([without[k] for k in steps])))
+        if pairs:
+            logged = max(len(r.series("reward_without_context")) for r in g.runs)
+            lines.append(f"| {g.label} | {g.task} | {logged} | {_pm([a for a, _ in pairs], 2)} | {_pm([b for _, b in pairs], 2)} | "
+                         f"{_pm([a - b for a, b in pairs], 2)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
 
 
 def _eval_notes(runs: list[Run]) -> list[str]:
@@ -240,7 +326,16 @@ def build_markdown(runs: list[Run], groups: list[Group], plots: list[str], skipp
     if any(r.baseline for r in runs):
         parts += ["", "## Untrained baseline accuracy (%), `musketeers eval --baseline`", "", results_table(groups, "baseline")]
     parts += ["", f"## Training reward (%), mean over the last {LAST_FRACTION:.0%} of logged steps (sampled, training prompts)",
-              "", results_table(groups, "reward"), "", "## Runs", "", runs_table(runs), "", rho_summary(runs), "", "## Plots", ""]
+              "", results_table(groups, "reward")]
+    if table := without_context_table(groups):
+        parts += ["", f"## Training reward with and without C (%), last {LAST_FRACTION:.0%} of the steps that logged both", "",
+                  "Without C: completions sampled on the same prompts as the KL reference sees them "
+                  "(`training.reference_context`: zeros in place of C by default), every `training.no_context_reward_every` "
+                  "steps; logged, not trained on.", "", table]
+    if table := routing_table(groups):
+        parts += ["", "## Expert utilisation u_i (fraction of the adapter's attention; hard routing: selection frequency)",
+                  "", table]
+    parts += ["", "## Runs", "", runs_table(runs), "", rho_summary(runs), "", "## Plots", ""]
     parts += [f"- ![{p}]({p})" for p in plots] or ["- none"]
     parts += [f"- skipped: {s}" for s in skipped]
     return "\n".join(parts) + "\n"
@@ -258,205 +353,13 @@ def report(paths: list[str | Path], out: str | Path) -> str:
     groups = group_runs(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from musketeers.plots import make_plots  # here: plots.py imports this module
+
     plots, skipped = make_plots(groups, out)
     text = build_markdown(runs, groups, plots, skipped)
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary_json(runs), indent=1))
     return text
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _matrix(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps logged by any run, and values [runs, steps] (NaN where a run did not log `key`)."""
-    series = [r.series(key) for r in runs]
-    steps = np.array(sorted(set().union(*series)), dtype=int)
-    return steps, np.array([[s.get(int(k), np.nan) for k in steps] for s in series], dtype=float).reshape(len(runs), -1)
-
-
-def _smooth(y: np.ndarray, window: int) -> np.ndarray:
-    """Centred rolling mean that skips NaNs."""
-    if window <= 1:
-        return y
-    kernel, ok = np.ones(window), ~np.isnan(y)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.convolve(np.where(ok, y, 0.0), kernel, "same") / np.convolve(ok.astype(float), kernel, "same")
-
-
-def _band(ax, steps: np.ndarray, values: np.ndarray, label: str, window: int = 1, **style) -> None:
-    """Mean over runs as a line, mean ± std over runs (ddof=1) as a band when there are 2+ runs."""
-    with warnings.catch_warnings():  # all-NaN columns (a step no seed logged) stay NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = _smooth(np.nanmean(values, 0), window)
-        std = _smooth(np.nanstd(values, 0, ddof=1), window) if values.shape[0] > 1 else None
-    line, = ax.plot(steps, mean, label=label, **style)
-    if std is not None:
-        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-
-
-def _window(groups: list[Group]) -> int:
-    longest = max(len(r.rows) for g in groups for r in g.runs)
-    return max(1, longest // 25)
-
-
-def _routing(group: Group) -> tuple[str, list[str]] | None:
-    """("routing/utilisation/" or "routing/frequency/", expert names) when the group logged routing."""
-    names = [e.name for e in group.runs[0].cfg.team.experts]
-    for prefix in ("routing/utilisation/", "routing/frequency/"):
-        if names and any(r.series(prefix + names[0]) for r in group.runs):
-            return prefix, names
-    return None
-
-
-def _figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(panels, 1, figsize=(width, height * panels), squeeze=False, sharex=True)
-    fig.suptitle(title)
-    for ax in axes[:, 0]:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps
-    return fig, list(axes[:, 0])
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_reward_entropy(task: str, groups: list[Group], path: Path) -> str | None:
-    routed = [g for g in groups if any(r.series("routing/entropy") for r in g.runs)]
-    w = _window(groups)
-    fig, (top, bottom) = _figure(f"Reward and routing entropy over training, task {task}"
-                                 + (f" (rolling mean over {w} steps)" if w > 1 else ""), panels=2)
-    for i, g in enumerate(groups):  # one colour per group in both panels
-        _band(top, *_matrix(g.runs, "reward"), g.label, w, color=f"C{i}")
-        if any(g is r for r in routed):
-            _band(bottom, *_matrix(g.runs, "routing/entropy"), g.label, w, color=f"C{i}")
-    top.set_ylabel("reward (training)")
-    bottom.set_ylabel("routing entropy H")
-    bottom.set_xlabel("optimizer step")
-    if routed:
-        bottom.legend(fontsize=7)
-    else:
-        bottom.text(0.5, 0.5, "no run logged routing entropy", ha="center", transform=bottom.transAxes)
-    top.legend(fontsize=7)
-    _save(fig, path)
-    return None
-
-
-def plot_utilisation(task: str, groups: list[Group], path: Path) -> str | None:
-    routed = [(g, _routing(g)) for g in groups if _routing(g)]
-    if not routed:
-        return "no run logged per-expert utilisation or selection frequency"
-    seeds = max(len(g.runs) for g, _ in routed)
-    fig, axes = _figure(f"Per-expert utilisation over training, task {task} (mean ± std over {seeds} seed(s))", panels=len(routed))
-    for ax, (g, (prefix, names)) in zip(axes, routed):
-        for name in names:
-            _band(ax, *_matrix(g.runs, prefix + name), name, _window(groups))
-        ax.set_title(g.label, fontsize=9)
-        ax.set_ylabel("utilisation u_i" if "utilisation" in prefix else "selection frequency")
-        ax.legend(fontsize=7)
-    axes[-1].set_xlabel("optimizer step")
-    _save(fig, path)
-    return None
-
-
-def _change(run: Run, key: str) -> float:
-    """Mean over the last 10% of logged steps minus the first logged value (the initial adapter)."""
-    values = [v for _, v in sorted(run.series(key).items())]
-    k = max(1, math.ceil(LAST_FRACTION * len(values)))
-    return float(np.mean(values[-k:]) - values[0]) if values else math.nan
-
-
-def plot_utilisation_change(task: str, groups: list[Group], path: Path) -> str | None:
-    routed = [(g, _routing(g)) for g in groups if _routing(g)]
-    if not routed:
-        return "no run logged per-expert utilisation or selection frequency"
-    fig, (ax,) = _figure(f"Utilisation change from initialisation, task {task}\n"
-                         "(mean of the last 10% of steps minus step 1; mean ± std over seeds)")
-    width = 0.8 / len(routed)
-    for j, (g, (prefix, names)) in enumerate(routed):
-        changes = np.array([[_change(r, prefix + n) for n in names] for r in g.runs])
-        std = changes.std(0, ddof=1) if len(g.runs) > 1 else None
-        ax.bar(np.arange(len(names)) + j * width, changes.mean(0), width, yerr=std, capsize=3, label=g.label)
-    all_names = routed[0][1][1]
-    ax.set_xticks(np.arange(len(all_names)) + width * (len(routed) - 1) / 2, all_names, fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("change of u_i")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return None
-
-
-def plot_without_context(task: str, groups: list[Group], path: Path) -> str | None:
-    ablated = [g for g in groups if any(r.series("reward_without_context") for r in g.runs)]
-    if not ablated:
-        return "no run logged reward_without_context (set training.no_context_reward_every)"
-    fig, (ax,) = _figure(f"Reward with vs without context tokens C, task {task}")
-    for g in ablated:
-        steps, without = _matrix(g.runs, "reward_without_context")
-        with_c = np.array([[r.series("reward").get(int(s), np.nan) for s in steps] for r in g.runs])
-        _band(ax, steps, with_c, f"{g.label}: with C", marker="o")
-        _band(ax, steps, without, f"{g.label}: without C", linestyle="--", marker="x")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("reward (training)")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return None
-
-
-def plot_queries(task: str, groups: list[Group], path: Path) -> str | None:
-    perceiver = [g for g in groups if g.method == "perceiver"]
-    if len({g.runs[0].cfg.adapter.num_queries for g in perceiver}) < 2:
-        return "runs do not differ in adapter.num_queries"
-    which = "eval" if all(r.eval for g in perceiver for r in g.runs) else "reward"
-    ylabel = "held-out accuracy (%)" if which == "eval" else "training reward, last 10% of steps (%)"
-    fig, (ax,) = _figure(f"{ylabel.split(' (')[0].capitalize()} against the number of latent queries m, task {task}")
-    by_team: dict[str, list[tuple[int, list[float]]]] = defaultdict(list)
-    for g in perceiver:
-        by_team[g.runs[0].team].append((g.runs[0].cfg.adapter.num_queries, g.values(which)))
-    for team, points in sorted(by_team.items()):
-        points.sort()
-        stats = [mean_std(v) for _, v in points]
-        ax.errorbar([m for m, _ in points], [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
-                    marker="o", capsize=3, label=f"perceiver ({team})")
-    ax.set_xscale("log", base=2)
-    ms = sorted({m for points in by_team.values() for m, _ in points})
-    ax.set_xticks(ms, [str(m) for m in ms])
-    ax.set_xlabel("latent queries m")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return None
-
-
-PLOTS = {"reward_entropy": plot_reward_entropy, "utilisation": plot_utilisation,
-         "utilisation_change": plot_utilisation_change, "reward_without_context": plot_without_context,
-         "accuracy_vs_queries": plot_queries}
-
-
-def make_plots(groups: list[Group], out: Path) -> tuple[list[str], list[str]]:
-    """Every plot for every task: (written file names, "name: why it was skipped")."""
-    written, skipped = [], []
-    for task in sorted({g.task for g in groups}, key=_task_rank):
-        in_task = [g for g in groups if g.task == task]
-        for kind, plot in PLOTS.items():
-            name = f"{kind}-{task}.png"
-            why = plot(task, in_task, out / name)
-            if why:
-                skipped.append(f"{name}: {why}")
-            else:
-                written.append(name)
-    return written, skipped
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from musketeers import plots
 from musketeers import report as rp
 from musketeers.config import load_run_config
 
@@ -84,15 +85,15 @@ def test_tables_equal_hand_computed_values(runs, tmp_path):
 def test_every_plot_is_written_when_there_is_data(runs, tmp_path):
     out = tmp_path / "out"
     text = rp.report([runs], out)
-    for kind in rp.PLOTS:
+    for kind in plots.PLOTS:
         assert (out / f"{kind}-tiny.png").stat().st_size > 10_000, kind
     assert "skipped" not in text
 
 
 def test_utilisation_change_is_last_tenth_minus_first_step(runs):
     run = rp.load_run(runs / "p0")
-    assert rp._change(run, "routing/utilisation/llama-48") == pytest.approx(0.18)
-    assert rp._change(run, "routing/utilisation/gpt2-64") == pytest.approx(-0.18)
+    assert rp.change_from_start(run, "routing/utilisation/llama-48") == pytest.approx(0.18)
+    assert rp.change_from_start(run, "routing/utilisation/gpt2-64") == pytest.approx(-0.18)
 
 
 def test_without_eval_json_the_report_says_which_number_it_shows(tmp_path):
@@ -122,3 +123,30 @@ def test_cli_parser_and_bad_paths(runs, tmp_path, capsys):
         rp.report([tmp_path / "missing"], tmp_path / "o")
     with pytest.raises(rp.ReportError, match="no run directories"):
         rp.report([tmp_path / "o"], tmp_path / "o2")
+
+
+def test_rows_of_a_setting_come_in_numeric_and_pooling_order(tmp_path):
+    """Figure 6's m sorts as numbers (2 < 16 < 128, not as text); Table 2's poolings as POOLINGS lists them."""
+    for m in (128, 2, 16):
+        make_run(tmp_path / "m", f"m{m}", "perceiver", 0, [0.1], overrides=[f"adapter.num_queries={m}"])
+    text = rp.report([tmp_path / "m"], tmp_path / "out-m")
+    rows = [l.split("|")[1].strip() for l in text[text.index("## Training reward"):].splitlines() if "num_queries=" in l]
+    assert rows[:3] == ["perceiver (tiny), num_queries=2", "perceiver (tiny), num_queries=16", "perceiver (tiny), num_queries=128"]
+    for pooling in ("random_layer", "first_token", "last_token"):
+        make_run(tmp_path / "p", pooling, "perceiver", 0, [0.1], overrides=[f"team.pooling={pooling}"])
+    text = rp.report([tmp_path / "p"], tmp_path / "out-p")
+    rows = [l.split("|")[1].strip() for l in text[text.index("## Training reward"):].splitlines() if "pooling=" in l]
+    assert rows[:3] == [f"perceiver (tiny), pooling={p}" for p in ("last_token", "first_token", "random_layer")]
+
+
+def test_reward_without_context_and_utilisation_tables(runs, tmp_path):
+    text = rp.report([runs], tmp_path / "out")
+    # p0..p2 log reward_without_context on steps 1, 3, ..., 9; last 10% of those 5 steps = step 9:
+    # with C 0.8 + seed -> 80, 180, 280 %; without C 0.4 -> 40 %
+    assert table_row(text, "Training reward with and without C", "perceiver (tiny), num_queries=4") == [
+        "tiny", "5", "180.00 ± 100.00", "40.00 ± 0.00", "140.00 ± 100.00"]
+    assert "| single |" not in text[text.index("with and without C"):text.index("## Expert utilisation")]
+    # utilisation of llama-48: 0.30 at step 1, 0.48 at step 10 (the last 10%), the same in every seed
+    section = text[text.index("## Expert utilisation"):text.index("## Runs")]
+    assert "| perceiver (tiny), num_queries=4 | tiny | llama-48 | utilisation | 0.300 ± 0.000 | 0.480 ± 0.000 | 0.180 ± 0.000 |" in section
+    assert "| perceiver (tiny), num_queries=4 | tiny | gpt2-64 | utilisation | 0.400 ± 0.000 | 0.220 ± 0.000 | -0.180 ± 0.000 |" in section
