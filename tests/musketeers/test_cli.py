@@ -37,6 +37,15 @@ def test_data_show_prints_prompt_gold_and_reward(capsys, gsm8k_dir):
     assert code == 0 and "reward of the gold answer: 1.000" in out
 
 
+def test_data_show_without_the_policy_tokenizer_shows_the_plain_prompt(capsys):
+    """The default policy is a hub id, which HF_HUB_OFFLINE (conftest) keeps from loading."""
+    code, out, err = run(capsys, "data", "show", "arithmetic", "-n", "1", "task.train_size=5", "task.validation_size=5")
+    assert code == 0 and "reward of the gold answer: 1.000" in out
+    assert "\nUser: " in out and "\nAssistant: " in out  # experts.prompt.chat_prompt's layout without a template
+    [note] = err.strip().splitlines()
+    assert note.startswith("musketeers: note: cannot load model 'Qwen/Qwen2.5-3B-Instruct'") and "plain layout" in note
+
+
 def test_data_check_small(capsys):
     code, out, _ = run(capsys, "data", "check", "algorithmic", "task.train_size=50", "task.validation_size=20")
     assert code == 0 and '"shared_questions": 0' in out
