@@ -78,12 +78,21 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
 
 
+def decoding_config(tokenizer, eos: list[int], max_new_tokens: int):
+    """The GenerationConfig of evaluation: greedy. `generate` fills every field left unset from the
+    model's own generation_config (Qwen2.5-Instruct ships repetition_penalty 1.05, top_k 20), so the
+    penalty is set to none here, as TRL sets it for the completions a run trains on."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, bos_token_id=tokenizer.bos_token_id)
+
+
 def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tensor | None, max_new_tokens: int,
                        layout: ContextLayout, cache: str = "dynamic") -> list[str]:
     """Greedy completions (decoded, special tokens dropped, as TRL decodes them) of prompt strings,
     tokenized as TRL tokenizes them, with C placed as `layout` says."""
     import torch
-    from transformers import GenerationConfig
     from trl.trainer.utils import pad
 
     from musketeers.context import generate_with_context
@@ -93,8 +102,7 @@ def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tens
     ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=tokenizer.pad_token_id, padding_side="left").to(device)
     mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left").to(device)
     eos = eos_token_ids(model, tokenizer)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=eos, bos_token_id=tokenizer.bos_token_id)
+    config = decoding_config(tokenizer, eos, max_new_tokens)
     completion_ids = generate_with_context(model, ids, mask, context, eos, layout, cache, generation_config=config)
     return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
 

@@ -158,3 +158,16 @@ def test_greedy_generation_with_context_matches_the_trainers(tmp_path):
     got = ev.greedy_completions(trainer.model, tokenizer, prompts, context, trainer.generation_config.max_new_tokens,
                                 trainer.conditioner.layout)
     assert got == tokenizer.batch_decode(expected, skip_special_tokens=True)
+
+
+def test_greedy_eval_ignores_the_models_own_repetition_penalty(tmp_path):
+    """generate fills unset fields from the model's generation_config (Qwen2.5-Instruct: repetition_penalty
+    1.05); eval decodes as training does, without one."""
+    from musketeers.train import build_trainer
+
+    trainer = build_trainer(load_run_config(TASK, [f"output_dir={tmp_path}", "method=single"]), tmp_path)
+    model, tokenizer, layout = trainer.model, trainer.processing_class, trainer.conditioner.layout
+    prompts = ["User: 1 + 2 = ?\nAssistant: ", "User: a much longer question about 7 - 3 = ?\nAssistant: "]
+    plain = ev.greedy_completions(model, tokenizer, prompts, None, 12, layout)
+    model.generation_config.repetition_penalty = 50.0  # changes these greedy completions when it applies
+    assert ev.greedy_completions(model, tokenizer, prompts, None, 12, layout) == plain
