@@ -9,8 +9,10 @@
         checkpoint-N/                  every training.save_steps (TRL names and writes them): PEFT adapter,
                                        context_adapter.safetensors (methods with g_phi), optimizer, scheduler, RNG, step
         final/                         the trained PEFT adapter (+ context_adapter.safetensors) when training ends
-          eval-<split>.json            `musketeers eval` of final/ (or of a checkpoint-N/, inside it)
-        eval-<split>-baseline.json     `musketeers eval --baseline`: the untrained policy
+          eval-<split>.json            `musketeers eval` of final/ (or of a checkpoint-N/, inside it): greedy
+          eval-<split>-sampled-k<k>-t<T>-p<P>.json   `musketeers eval --samples k --temperature T --top-p P`
+        eval-<split>-baseline.json     `musketeers eval --baseline`: the untrained policy (and
+                                       eval-<split>-baseline-sampled-k<k>-t<T>-p<P>.json when sampled)
         DONE                           launch/sweep.py: training ended ({"steps": ..., "time": ...})
       logs/<run name>.log              launch/sweep.py: each run's output, appended on every attempt
       sweep.yaml                       launch/sweep.py: the sweep file last run here
@@ -68,12 +70,19 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.removeprefix(CHECKPOINT_PREFIX))
 
 
-def eval_path(checkpoint: Path, split: str) -> Path:
-    return checkpoint / f"eval-{split}.json"
+def sampling_tag(samples: int, temperature: float, top_p: float) -> str:
+    """What a sampled eval's file name adds: its settings, so that runs of other settings (and the
+    greedy eval) keep their own files, e.g. "sampled-k3-t0.6-p0.9"."""
+    return f"sampled-k{samples}-t{temperature:g}-p{top_p:g}"
 
 
-def baseline_eval_path(run_dir: Path, split: str) -> Path:
-    return run_dir / f"eval-{split}-baseline.json"
+def eval_path(checkpoint: Path, split: str, tag: str = "") -> Path:
+    """The eval JSON of a checkpoint: greedy without a tag, sampled with its `sampling_tag`."""
+    return checkpoint / f"eval-{split}{f'-{tag}' if tag else ''}.json"
+
+
+def baseline_eval_path(run_dir: Path, split: str, tag: str = "") -> Path:
+    return run_dir / f"eval-{split}-baseline{f'-{tag}' if tag else ''}.json"
 
 
 def log_path(run_dir: Path) -> Path:
@@ -178,7 +187,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def read_eval(run_dir: Path, split: str, baseline: bool = False) -> dict[str, Any] | None:
-    """What `musketeers eval` wrote for the run's final/ (or last) checkpoint, or for --baseline; None if nothing."""
+    """What greedy `musketeers eval` wrote for the run's final/ (or last) checkpoint, or for --baseline; None if nothing."""
     if baseline:
         path = baseline_eval_path(run_dir, split)
     else:

@@ -58,6 +58,12 @@ def test_data_check_small(capsys):
     (["data", "show", "logic", "-n", "0"], "musketeers: error: -n must be at least 1, got 0"),
     (["data", "show", "logic", "--split", "test", "policy.model=random:llama"],
      "musketeers: error: task 'logic' has no test split; Reasoning Gym families use: train, validation"),
+    (["eval", "runs/x", "--samples", "0"], "musketeers: error: --samples must be an integer of at least 1, got 0"),
+    (["eval", "runs/x", "--samples", "3", "--temperature", "-1"],
+     "musketeers: error: --temperature must be a finite number of at least 0, got -1.0"),
+    (["eval", "runs/x", "--samples", "3", "--top-p", "0"], "musketeers: error: --top-p must be in (0, 1], got 0.0"),
+    (["eval", "runs/x", "--top-p", "0.9"],
+     "musketeers: error: --temperature and --top-p set sampled evaluation: give --samples K with them"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)
