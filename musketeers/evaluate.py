@@ -143,8 +143,8 @@ def policy_completions(model, tokenizer, prompts: list[str], context: torch.Tens
     """Completions (decoded, special tokens dropped, as TRL decodes them) of prompt strings, tokenized
     as TRL tokenizes them, with C [B, m, D] placed as `layout` says: one greedy completion per prompt,
     or with `sampling` k per prompt, adjacent (prompt i's are i*k .. i*k+k-1), drawn after
-    torch.manual_seed(seed). Each prompt row repeats k times, as GRPO repeats it G times, so the
-    prompt with its C is prefilled once (musketeers.context.generate_with_context)."""
+    torch.manual_seed(seed). Each prompt row repeats k times, as GRPO repeats it G times, so with the
+    default dynamic cache the prompt with its C is prefilled once (musketeers.context.generate_with_context)."""
     import torch
     from trl.trainer.utils import pad
 
