@@ -36,15 +36,22 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 
 def cmd_data_show(args: argparse.Namespace) -> None:
+    from experts.models import ModelLoadError, ModelRefError, load_tokenizer
     from musketeers.data import build_prompt, load_split
-    from experts.models import load_tokenizer
     from rewards import reference_completion, score_completion
 
     if args.n < 1:
         raise UsageError(f"-n must be at least 1, got {args.n}")
     cfg = _config(args)
     rows = load_split(cfg.task, args.split)
-    tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
+    try:
+        tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
+    except ModelRefError:  # a malformed or unknown reference is a mistake to fix, not a missing download
+        raise
+    except ModelLoadError as e:  # e.g. a hub model offline: the data is still worth seeing
+        tokenizer = None
+        print(f"musketeers: note: {str(e).rstrip('.')}; the prompts below use the plain layout, not the policy's chat template",
+              file=sys.stderr)
     for k in range(min(args.n, len(rows))):
         row = rows[k]
         gold = reference_completion(row, prefill=cfg.task.assistant_prefill)
@@ -142,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_task(config.add_parser("show", help="print the resolved config of a run")).set_defaults(func=cmd_config_show)
 
     data = commands.add_parser("data", help="inspect task data").add_subparsers(dest="action", metavar="ACTION", required=True)
-    show = with_task(data.add_parser("show", help="print prompts, gold answers and the reward the gold answer earns"))
+    show = with_task(data.add_parser("show", help="print prompts, gold answers and the reward the gold answer earns "
+                                                    "(the plain prompt layout, with a note, when the policy's tokenizer cannot be loaded)"))
     show.add_argument("--split", default="train", choices=["train", "validation", "test"])
     show.add_argument("-n", type=int, default=3, help="number of items (default 3)")
     show.set_defaults(func=cmd_data_show)

@@ -9,8 +9,10 @@
         checkpoint-N/                  every training.save_steps (TRL names and writes them): PEFT adapter,
                                        context_adapter.safetensors (methods with g_phi), optimizer, scheduler, RNG, step
         final/                         the trained PEFT adapter (+ context_adapter.safetensors) when training ends
-          eval-<split>.json            `musketeers eval` of final/ (or of a checkpoint-N/, inside it)
-        eval-<split>-baseline.json     `musketeers eval --baseline`: the untrained policy
+          eval-<split>.json            `musketeers eval` of final/ (or of a checkpoint-N/, inside it): greedy
+          eval-<split>-sampled-k<k>-t<T>-p<P>.json   `musketeers eval --samples k --temperature T --top-p P`
+        eval-<split>-baseline.json     `musketeers eval --baseline`: the untrained policy (and
+                                       eval-<split>-baseline-sampled-k<k>-t<T>-p<P>.json when sampled)
         DONE                           musketeers sweep: training ended ({"steps": ..., "time": ...})
       logs/<run name>.log              musketeers sweep: each run's output, appended on every attempt
       logs/<run name>.attempts.jsonl   musketeers sweep: one row per attempt (node, pid, GPUs, resumed step)
@@ -18,8 +20,9 @@
 
 A checkpoint (final/ or checkpoint-N/) counts once its LoRA is saved; `--resume` continues from the
 highest checkpoint-N/ that transformers finished writing (its trainer_state.json, written last), so a
-process or node that dies in the middle of a save costs that checkpoint, not the run. Config, eval results, the DONE marker and truncated
-metrics are written atomically: a killed process leaves the old file or the new one, never half of one.
+process or node that dies in the middle of a save costs that checkpoint, not the run. Config, eval
+results, the DONE marker and truncated metrics are written atomically: a killed process leaves the
+old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -71,12 +74,19 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.removeprefix(CHECKPOINT_PREFIX))
 
 
-def eval_path(checkpoint: Path, split: str) -> Path:
-    return checkpoint / f"eval-{split}.json"
+def sampling_tag(samples: int, temperature: float, top_p: float) -> str:
+    """What a sampled eval's file name adds: its settings, so that runs of other settings (and the
+    greedy eval) keep their own files, e.g. "sampled-k3-t0.6-p0.9"."""
+    return f"sampled-k{samples}-t{temperature:g}-p{top_p:g}"
 
 
-def baseline_eval_path(run_dir: Path, split: str) -> Path:
-    return run_dir / f"eval-{split}-baseline.json"
+def eval_path(checkpoint: Path, split: str, tag: str = "") -> Path:
+    """The eval JSON of a checkpoint: greedy without a tag, sampled with its `sampling_tag`."""
+    return checkpoint / f"eval-{split}{f'-{tag}' if tag else ''}.json"
+
+
+def baseline_eval_path(run_dir: Path, split: str, tag: str = "") -> Path:
+    return run_dir / f"eval-{split}-baseline{f'-{tag}' if tag else ''}.json"
 
 
 def log_path(run_dir: Path) -> Path:
@@ -192,7 +202,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def read_eval(run_dir: Path, split: str, baseline: bool = False) -> dict[str, Any] | None:
-    """What `musketeers eval` wrote for the run's final/ (or last) checkpoint, or for --baseline; None if nothing."""
+    """What greedy `musketeers eval` wrote for the run's final/ (or last) checkpoint, or for --baseline; None if nothing."""
     if baseline:
         path = baseline_eval_path(run_dir, split)
     else:

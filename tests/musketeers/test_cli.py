@@ -37,6 +37,15 @@ def test_data_show_prints_prompt_gold_and_reward(capsys, gsm8k_dir):
     assert code == 0 and "reward of the gold answer: 1.000" in out
 
 
+def test_data_show_without_the_policy_tokenizer_shows_the_plain_prompt(capsys):
+    """The default policy is a hub id, which HF_HUB_OFFLINE (conftest) keeps from loading."""
+    code, out, err = run(capsys, "data", "show", "arithmetic", "-n", "1", "task.train_size=5", "task.validation_size=5")
+    assert code == 0 and "reward of the gold answer: 1.000" in out
+    assert "\nUser: " in out and "\nAssistant: " in out  # experts.prompt.chat_prompt's layout without a template
+    [note] = err.strip().splitlines()
+    assert note.startswith("musketeers: note: cannot load model 'Qwen/Qwen2.5-3B-Instruct'") and "plain layout" in note
+
+
 def test_data_check_small(capsys):
     code, out, _ = run(capsys, "data", "check", "algorithmic", "task.train_size=50", "task.validation_size=20")
     assert code == 0 and '"shared_questions": 0' in out
@@ -49,6 +58,12 @@ def test_data_check_small(capsys):
     (["data", "show", "logic", "-n", "0"], "musketeers: error: -n must be at least 1, got 0"),
     (["data", "show", "logic", "--split", "test", "policy.model=random:llama"],
      "musketeers: error: task 'logic' has no test split; Reasoning Gym families use: train, validation"),
+    (["eval", "runs/x", "--samples", "0"], "musketeers: error: --samples must be an integer of at least 1, got 0"),
+    (["eval", "runs/x", "--samples", "3", "--temperature", "-1"],
+     "musketeers: error: --temperature must be a finite number of at least 0, got -1.0"),
+    (["eval", "runs/x", "--samples", "3", "--top-p", "0"], "musketeers: error: --top-p must be in (0, 1], got 0.0"),
+    (["eval", "runs/x", "--top-p", "0.9"],
+     "musketeers: error: --temperature and --top-p set sampled evaluation: give --samples K with them"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)

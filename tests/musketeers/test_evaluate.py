@@ -30,20 +30,30 @@ def fake_run(tmp_path: Path, task: str, *overrides: str) -> Path:
 
 
 class OracleEvaluator:
-    """Stands in for the model: the gold answer for even-numbered items, garbage for odd ones
-    (items arrive in split order; small problem spaces repeat questions, so count, not look up)."""
+    """Stands in for the model: greedy, the gold answer for even-numbered items and garbage for odd
+    ones; sampled (k samples), item i gets i % (k + 1) gold samples first, then garbage (items arrive
+    in split order; small problem spaces repeat questions, so count, not look up)."""
+
+    seeds: list[int] = []
 
     def __init__(self, cfg, checkpoint, baseline=False):
         self.cfg, self.seen = cfg, 0
         self.rows = load_split(cfg.task, "test" if cfg.task.source == "gsm8k" else "validation")
+        OracleEvaluator.seeds = []
 
-    def complete(self, questions):
+    def complete(self, questions, sampling=None, seed=0):
         out = []
+        OracleEvaluator.seeds.append(seed)
         for q in questions:
             k, self.seen = self.seen, self.seen + 1
             row = self.rows[k]
             assert row["question"] == q
-            out.append(reference_completion(row, self.cfg.task.assistant_prefill) if k % 2 == 0 else "<answer>garbage</answer>")
+            gold = reference_completion(row, self.cfg.task.assistant_prefill)
+            if sampling is None:
+                out.append(gold if k % 2 == 0 else "<answer>garbage</answer>")
+            else:
+                n = sampling.samples
+                out += [gold if j < k % (n + 1) else "<answer>garbage</answer>" for j in range(n)]
         return out
 
     def close(self):
@@ -100,6 +110,69 @@ def test_cli_parser_prints_the_table(tmp_path, oracle, capsys):
     assert "| **all** | 4 | 50.00% | 50.00% |" in out and "eval-validation.json" in out
 
 
+# ----------------------------------------------------------------------------- sampled: mean@k, pass@k
+
+
+def test_mean_and_pass_at_k_by_hand_partial_credit_is_not_correct():
+    datasets = ["a", "a", "b", "b"]
+    scores = [[1.0, 0.0, 0.0], [0.5, 0.99, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    got = ev.sampled_summary(datasets, scores)
+    # correct samples per item: 1, 1, 0, 3 of 3 (0.5 and 0.99 are partial credit, not correct)
+    assert got["n"] == 4
+    assert got["mean@k"] == pytest.approx((1 / 3 + 1 / 3 + 0 + 1) / 4) and got["pass@k"] == pytest.approx(3 / 4)
+    assert got["per_dataset"]["a"] == {"n": 2, "mean@k": pytest.approx(1 / 3), "pass@k": 1.0}
+    assert got["per_dataset"]["b"] == {"n": 2, "mean@k": pytest.approx(1 / 2), "pass@k": pytest.approx(1 / 2)}
+    one = ev.sampled_summary(["a"], [[0.25]])  # k = 1: mean@1 = pass@1 = greedy `solved`, not `accuracy`
+    assert one["mean@k"] == one["pass@k"] == 0.0
+
+
+def test_sampled_eval_on_known_completions_writes_beside_the_greedy_result(tmp_path, oracle):
+    run_dir = fake_run(tmp_path, TASK, TWO_DATASETS)
+    greedy = ev.evaluate(run_dir, limit=8, batch_size=3, progress=False)
+    result = ev.evaluate(run_dir, limit=8, batch_size=3, progress=False, sampling=ev.Sampling(3))
+    assert OracleEvaluator.seeds == [ev.batch_seed(0, s) for s in (0, 3, 6)]  # one seed per batch, from the run's
+    # item i has i % 4 correct samples of 3: 0, 1, 2, 3, 0, 1, 2, 3
+    assert result["mean@k"] == pytest.approx((0 + 1 / 3 + 2 / 3 + 1) * 2 / 8) and result["pass@k"] == pytest.approx(6 / 8)
+    rows = load_split(load_run_config(TASK, [TWO_DATASETS]).task, "validation")
+    for name, d in result["per_dataset"].items():
+        mine = [i for i in range(8) if rows[i]["task"] == name]
+        assert d["n"] == len(mine) and d["mean@k"] == pytest.approx(sum(i % 4 / 3 for i in mine) / len(mine))
+        assert d["pass@k"] == pytest.approx(sum(i % 4 > 0 for i in mine) / len(mine))
+    assert set(result["per_dataset"]) == {"chain_sum", "basic_arithmetic"}
+    assert result["decoding"] == "sampled" and "accuracy" not in result
+    assert (result["samples"], result["temperature"], result["top_p"], result["top_k"], result["correct_at"]) == (3, 0.6, 0.9, 0, 1.0)
+    assert result["items"][2]["scores"] == [1.0, 1.0, 0.0] and len(result["items"][2]["completions"]) == 3
+    path = run_dir / "final" / "eval-validation-sampled-k3-t0.6-p0.9.json"
+    assert Path(result["path"]) == path and json.loads(path.read_text())["pass@k"] == result["pass@k"]
+    written = json.loads((run_dir / "final" / "eval-validation.json").read_text())  # the greedy result stays
+    assert written["decoding"] == "greedy" and written["accuracy"] == greedy["accuracy"]
+    baseline = ev.evaluate(run_dir, limit=2, baseline=True, progress=False, sampling=ev.Sampling(2, 1.0, 0.95))
+    assert Path(baseline["path"]) == run_dir / "eval-validation-baseline-sampled-k2-t1-p0.95.json"
+
+
+@pytest.mark.parametrize("samples,temperature,top_p,message", [
+    (0, 0.6, 0.9, "--samples must be an integer of at least 1, got 0"),
+    (3, -0.1, 0.9, "--temperature must be a finite number of at least 0, got -0.1"),
+    (3, float("nan"), 0.9, "--temperature must be a finite number of at least 0, got nan"),
+    (3, 0.6, 0.0, r"--top-p must be in \(0, 1\], got 0.0"),
+    (3, 0.6, 1.5, r"--top-p must be in \(0, 1\], got 1.5"),
+])
+def test_bad_sampling_settings_are_refused(samples, temperature, top_p, message):
+    with pytest.raises(ev.EvalError, match=f"^{message}$"):
+        ev.Sampling(samples, temperature, top_p)
+
+
+def test_sampled_table(tmp_path, oracle, capsys):
+    run_dir = fake_run(tmp_path, TASK)
+    parser = argparse.ArgumentParser()
+    ev.add_eval_parser(parser.add_subparsers())
+    args = parser.parse_args(["eval", str(run_dir), "--limit", "4", "--samples", "3", "--top-p", "1"])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "3 samples per item at temperature 0.6, top-p 1" in out and "| dataset | n | mean@3" in out
+    assert "| **all** | 4 | 50.00% | 75.00% |" in out and "eval-validation-sampled-k3-t0.6-p1.json" in out
+
+
 # ----------------------------------------------------------------------------- real models
 
 
@@ -123,6 +196,8 @@ def test_every_method_evaluates(trained, method):
     assert result["n"] == 3 and result["method"] == method and 0.0 <= result["accuracy"] <= 1.0
     assert Path(result["path"]) == trained[method] / "final" / "eval-validation.json"
     assert all(len(item["completion"]) > 0 for item in result["items"])
+    sampled = ev.evaluate(trained[method], limit=3, batch_size=2, progress=False, sampling=ev.Sampling(2, 1.0))
+    assert sampled["n"] == 3 and [len(item["scores"]) for item in sampled["items"]] == [2, 2, 2]
 
 
 def test_trained_adapter_and_lora_are_loaded_and_baseline_uses_the_initial_adapter(trained, tmp_path):
@@ -158,3 +233,56 @@ def test_greedy_generation_with_context_matches_the_trainers(tmp_path):
     got = ev.greedy_completions(trainer.model, tokenizer, prompts, context, trainer.generation_config.max_new_tokens,
                                 trainer.conditioner.layout)
     assert got == tokenizer.batch_decode(expected, skip_special_tokens=True)
+
+
+def test_greedy_eval_ignores_the_models_own_repetition_penalty(tmp_path):
+    """generate fills unset fields from the model's generation_config (Qwen2.5-Instruct: repetition_penalty
+    1.05); eval decodes as training does, without one."""
+    from musketeers.train import build_trainer
+
+    trainer = build_trainer(load_run_config(TASK, [f"output_dir={tmp_path}", "method=single"]), tmp_path)
+    model, tokenizer, layout = trainer.model, trainer.processing_class, trainer.conditioner.layout
+    prompts = ["User: 1 + 2 = ?\nAssistant: ", "User: a much longer question about 7 - 3 = ?\nAssistant: "]
+    plain = ev.greedy_completions(model, tokenizer, prompts, None, 12, layout)
+    model.generation_config.repetition_penalty = 50.0  # changes these greedy completions when it applies
+    assert ev.greedy_completions(model, tokenizer, prompts, None, 12, layout) == plain
+
+
+def test_sampled_eval_end_to_end_from_the_command_line(trained, capsys):
+    """`musketeers eval --samples` on a tiny trained perceiver run (C repeated for each sample):
+    reproducible, really sampled, and at T = 0 the greedy completions."""
+    from musketeers.cli import main
+
+    run_dir = trained["perceiver"]
+    argv = ["eval", str(run_dir), "--limit", "3", "--batch-size", "2", "--samples", "4", "--temperature", "1.5"]
+    main(argv)
+    out = capsys.readouterr().out
+    assert "4 samples per item at temperature 1.5, top-p 0.9" in out and "| **all** | 3 |" in out
+    path = run_dir / "final" / "eval-validation-sampled-k4-t1.5-p0.9.json"
+    first = json.loads(path.read_text())
+    assert first["n"] == 3 and 0.0 <= first["mean@k"] <= first["pass@k"] <= 1.0
+    assert [len(item["completions"]) for item in first["items"]] == [4, 4, 4]
+    assert any(len(set(item["completions"])) > 1 for item in first["items"])  # sampled, not greedy copies
+    main(argv)
+    again = json.loads(path.read_text())
+    assert [i["completions"] for i in again["items"]] == [i["completions"] for i in first["items"]]  # seeded
+
+    greedy = ev.evaluate(run_dir, limit=3, batch_size=2, progress=False)
+    cold = ev.evaluate(run_dir, limit=3, batch_size=2, progress=False, sampling=ev.Sampling(2, 0.0, 0.9))
+    assert [i["completions"] for i in cold["items"]] == [[i["completion"]] * 2 for i in greedy["items"]]
+    assert cold["mean@k"] == cold["pass@k"] == greedy["solved"]
+
+
+def test_sampling_ignores_the_models_own_top_k_and_is_seeded(tmp_path):
+    """Qwen2.5-Instruct's generation_config says top_k 20, top_p 0.8: sampled eval uses only its own settings."""
+    from musketeers.train import build_trainer
+
+    trainer = build_trainer(load_run_config(TASK, [f"output_dir={tmp_path}", "method=single"]), tmp_path)
+    model, tokenizer, layout = trainer.model, trainer.processing_class, trainer.conditioner.layout
+    model.generation_config.top_k = 1  # would make every sample the greedy one
+    prompts = ["User: 1 + 2 = ?\nAssistant: ", "User: a much longer question about 7 - 3 = ?\nAssistant: "]
+    sampling = ev.Sampling(4, 1.5, 1.0)
+    out = ev.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=7)
+    assert len(out) == 8 and len(set(out[:4])) > 1 and len(set(out[4:])) > 1
+    assert ev.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=7) == out
+    assert ev.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=8) != out

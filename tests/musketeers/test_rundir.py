@@ -111,6 +111,11 @@ def test_eval_results_are_read_where_they_are_written(tmp_path):
     assert rundir.read_eval(tmp_path, "validation") == {"accuracy": 0.25}
     assert rundir.read_eval(tmp_path, "validation", baseline=True) == {"accuracy": 0.1}
     assert rundir.read_eval(tmp_path, "test") is None
+    tag = rundir.sampling_tag(3, 0.6, 0.9)  # a sampled eval has its own file; what report reads stays greedy
+    rundir.write_json_atomic(rundir.eval_path(last, "validation", tag), {"mean@k": 0.5})
+    assert rundir.eval_path(last, "validation", tag) == last / "eval-validation-sampled-k3-t0.6-p0.9.json"
+    assert rundir.baseline_eval_path(tmp_path, "test", tag) == tmp_path / "eval-test-baseline-sampled-k3-t0.6-p0.9.json"
+    assert rundir.read_eval(tmp_path, "validation") == {"accuracy": 0.25}
     checkpoint(tmp_path / "final")  # training ended: the final model's result counts, none yet
     assert rundir.read_eval(tmp_path, "validation") is None
 
