@@ -388,10 +388,10 @@ class Display:
     def __init__(self):
         self.tty, self.height, self.last_key, self.last_time = sys.stdout.isatty(), 0, None, 0.0
 
-    def show(self, statuses: list[RunStatus], force: bool = False) -> None:
+    def show(self, statuses: list[RunStatus]) -> None:
         key = [(s.state, s.node, s.attempts) for s in statuses]
         now = time.monotonic()
-        if not (self.tty or force or key != self.last_key or now - self.last_time > TABLE_EVERY_S):
+        if not (self.tty or key != self.last_key or now - self.last_time > TABLE_EVERY_S):
             return
         text = render_table(statuses)
         if self.tty and self.height:
@@ -525,7 +525,6 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
 
         for group in groups:
             remove_placement_group(group)
-    display.show(shown, force=True)
 
 
 def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict[str, str]:

@@ -234,6 +234,27 @@ def test_a_run_whose_node_dies_finishes_from_its_checkpoint_on_another_node(clus
 
 
 @pytest.mark.slow
+def test_a_killed_run_process_is_restarted_and_resumes_from_its_checkpoint(cluster, tmp_path):
+    steps = ["training.max_steps=24", "training.save_steps=2", "training.gradient_accumulation_steps=1"]
+    file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["single"],
+                       seeds=[0], overrides=steps)
+    run_dir = tmp_path / "out" / "tiny-single-none-seed0"
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(sweep.sweep(file)))
+    driver.start()
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint-2" / "trainer_state.json").is_file():
+        assert time.monotonic() < deadline and driver.is_alive(), "the run never saved its first checkpoint"
+        time.sleep(0.05)
+    os.kill(attempts(run_dir)[0]["pid"], 9)
+    driver.join(timeout=240)
+    assert result == {run_dir.name: "ok"}
+    tries = attempts(run_dir)
+    assert len(tries) == 2 and tries[1]["pid"] != tries[0]["pid"] and tries[1]["resumed_from"] >= 2
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 25))
+
+
+@pytest.mark.slow
 def test_an_expert_on_another_node_serves_the_same_states_as_in_process(cluster):
     """The trainer's process on node_a, its expert actors on node_b: states cross Ray's object store."""
     import ray
