@@ -332,7 +332,7 @@ def test_every_method_trains_two_steps(tmp_path, dense_reward, method):
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoint-2").is_dir()
-    assert any((run_dir / "tensorboard").iterdir())
+    assert any((run_dir / "tensorboard").iterdir()) and (run_dir / "curves.png").stat().st_size > 10_000
     if method == "perceiver":
         assert {"routing/entropy", "routing/utilisation/llama-48", "time/experts", "time/generation"} <= set(rows[0])
         assert (run_dir / "checkpoint-2" / "context_adapter.safetensors").is_file()
@@ -341,6 +341,26 @@ def test_every_method_trains_two_steps(tmp_path, dense_reward, method):
         assert abs(sum(freqs) - 1) < 1e-6
     if method == "single":
         assert "time/experts" in rows[0] and not any(k.startswith("routing/") for k in rows[0])
+
+
+def test_a_run_prints_phase_lines_and_one_line_per_step_without_raw_dicts_or_deprecations(tmp_path, dense_reward, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_dir = train(tiny_config(tmp_path))
+    out, err = capsys.readouterr()
+    steps = [line for line in out.splitlines() if "] step " in line]
+    rows = read_metrics(run_dir)
+    assert [line.split("] ", 1)[1].split("  reward")[0] for line in steps] == ["step 1/2", "step 2/2"]
+    assert f"reward {rows[0]['reward']:.3f}  accuracy {rows[0]['accuracy']:.3f}" in steps[0]
+    for phase in ("] loaded policy random:llama:hidden_size=64: llama", "] expert llama-48 ready: llama", "] expert qwen2-80 ready",
+                  "] method perceiver: trainable parameters: LoRA 3,584, adapter g_phi 12,480", "] training: 2 steps of 4 prompts x 2",
+                  "] trained to step 2 in ", f"curves: {run_dir / 'curves.png'}"):
+        assert phase in out, phase
+    assert "{'loss'" not in out + err and "it/s]" not in err  # neither TRL's dicts nor its progress bar
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], [str(w.message) for w in caught]
+    assert (run_dir / "curves.png").is_file()
 
 
 def test_reward_without_context_is_logged_every_k_steps(tmp_path, dense_reward):
