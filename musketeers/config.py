@@ -127,6 +127,8 @@ class TrainingConfig:
     reference_context: Literal[REFERENCE_CONTEXTS] = "zeros"
     activation_checkpointing: Literal["auto", "always", "never"] = "auto"  # not on/off: YAML reads those as booleans
     generation_cache: Literal["dynamic", "static"] = "dynamic"
+    eval_every: int = 0  # greedy held-out accuracy every k optimizer steps and at the last one (0 = off)
+    eval_size: int = 128  # held-out items it reads: the first eval_size of the eval split (musketeers eval's)
 
 
 @dataclass
@@ -443,7 +445,8 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
             fail(f"adapter.{key}", "must be at least 1")
     if t.num_generations < 2:
         fail("training.num_generations", "GRPO needs groups of at least 2 completions")
-    for key in ("prompts_per_batch", "gradient_accumulation_steps", "max_completion_length", "max_steps", "logging_steps", "save_steps"):
+    for key in ("prompts_per_batch", "gradient_accumulation_steps", "max_completion_length", "max_steps", "logging_steps", "save_steps",
+                "eval_size"):
         if getattr(t, key) < 1:
             fail(f"training.{key}", f"must be at least 1, got {getattr(t, key)}")
     for key in ("learning_rate", "router_lr", "adam_epsilon", "temperature", "max_grad_norm"):
@@ -451,9 +454,12 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
             fail(f"training.{key}", f"must be positive, got {getattr(t, key)}")
     for key, value in (("training.beta", t.beta), ("training.weight_decay", t.weight_decay),
                        ("training.warmup_steps", t.warmup_steps), ("training.no_context_reward_every", t.no_context_reward_every),
+                       ("training.eval_every", t.eval_every),
                        ("reward.format_weight", cfg.reward.format_weight)):
         if value < 0:
             fail(key, f"must not be negative, got {value}")
+    if t.eval_every and task.source == "reasoning_gym" and t.eval_size > task.validation_size:
+        fail("training.eval_size", f"reads the first eval_size validation items, but task.validation_size is {task.validation_size}")
     from transformers import SchedulerType
 
     schedulers = [s.value for s in SchedulerType]

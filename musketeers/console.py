@@ -1,5 +1,5 @@
 """What `musketeers train` prints: one line per phase with the time since the run started, one compact
-line per optimizer step, and no library noise around them.
+line per optimizer step and per held-out evaluation, and no library noise around them.
 
     with run_output():                 # for the duration of a run
         log.info("loaded policy ...")  # -> "[  12.3 s] loaded policy ..."
@@ -103,9 +103,25 @@ def step_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
     return "  ".join(parts)
 
 
+def eval_line(logs: dict[str, Any], step: int, items: int, split: str) -> str:
+    """One held-out evaluation (keys as the trainer logs them: eval_accuracy, eval_accuracy/<dataset>)."""
+    per_dataset = {k.removeprefix("eval_accuracy/"): v for k, v in logs.items() if k.startswith("eval_accuracy/")}
+    detail = f" ({', '.join(f'{name} {v:.3f}' for name, v in per_dataset.items())})" if len(per_dataset) > 1 else ""
+    runtime = _number(logs, "eval_runtime")
+    took = f", {runtime:.1f} s" if runtime is not None else ""
+    return f"eval at step {step}: accuracy {logs['eval_accuracy']:.3f}{detail}, greedy, first {items} {split} items{took}"
+
+
 class StepPrinter(TrainerCallback):
-    """A phase line per logged optimizer step, instead of TRL's raw dict."""
+    """A phase line per logged optimizer step and per held-out evaluation, instead of TRL's raw dict."""
+
+    def __init__(self, eval_items: int = 0, eval_split: str = "validation"):
+        self.eval_items, self.eval_split = eval_items, eval_split
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "reward" in logs and state.is_world_process_zero:
+        if not logs or not state.is_world_process_zero:
+            return
+        if "reward" in logs:
             log.info(step_line(logs, state.global_step, state.max_steps))
+        elif "eval_accuracy" in logs:
+            log.info(eval_line(logs, state.global_step, self.eval_items, self.eval_split))

@@ -42,20 +42,27 @@ def prompt_dataset(rows, tokenizer, task):
 
 
 class MetricsLogger(TrainerCallback):
-    """Appends one row per optimizer step to the run's metrics."""
+    """Appends one row per optimizer step to the run's metrics, and one per held-out evaluation (its
+    eval_* keys written eval/*, as TensorBoard and wandb show them)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "reward" not in logs:
-            return
-        row = {"step": state.global_step, **logs}
+        if logs and "reward" in logs:
+            append_metrics(self.run_dir, self._step_row(state.global_step, logs))
+        elif logs and "eval_accuracy" in logs:
+            evals = {f"eval/{k.removeprefix('eval_')}": v for k, v in logs.items() if k.startswith("eval_")}
+            append_metrics(self.run_dir, {"step": state.global_step, **evals})
+
+    @staticmethod
+    def _step_row(step: int, logs: dict) -> dict:
+        row = {"step": step, **logs}
         row["accuracy"] = logs.get("rewards/accuracy/mean")
         timed = sum(logs.get(f"time/{k}", 0.0) for k in ("experts", "generation", "logprobs"))
         if "step_time" in logs:
             row["time/update"] = max(logs["step_time"] - timed, 0.0)
-        append_metrics(self.run_dir, row)
+        return row
 
 
 def build_policy(cfg: RunConfig):
@@ -139,6 +146,9 @@ def grpo_config(cfg: RunConfig, run_dir: Path, activation_checkpointing: bool):
         max_grad_norm=t.max_grad_norm, max_completion_length=t.max_completion_length, max_steps=t.max_steps,
         temperature=t.temperature, lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
+        # held-out accuracy every eval_every steps (and at the last step): MusketeersGRPOTrainer.evaluate
+        eval_strategy="steps" if t.eval_every else "no", eval_steps=t.eval_every or None,
+        per_device_eval_batch_size=t.prompts_per_batch * t.num_generations,  # TRL checks it against the group size
         disable_tqdm=True,  # musketeers.console.StepPrinter prints a line per step instead of TRL's bar and dicts
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
     )
@@ -149,6 +159,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     from transformers.integrations import TensorBoardCallback
     from transformers.trainer_callback import PrinterCallback
 
+    from musketeers.evaluate import HeldOut
     from musketeers.trainer import MusketeersGRPOTrainer
     from rewards import make_reward_functions
 
@@ -158,14 +169,17 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     conditioner = build_conditioner(cfg, embeddings.shape[1], tokenizer, embeddings.device)
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
     dataset = prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task)
+    held_out = HeldOut(cfg) if cfg.training.eval_every else None
     checkpointing = use_activation_checkpointing(cfg, policy, tokenizer, dataset)
     args = grpo_config(cfg, run_dir, checkpointing)
     args.reward_weights = weights
-    callbacks = [MetricsLogger(run_dir), StepPrinter(),
+    callbacks = [MetricsLogger(run_dir), StepPrinter(len(held_out.rows) if held_out else 0, held_out.split if held_out else ""),
                  TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR)))]
     trainer = MusketeersGRPOTrainer(
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
         callbacks=callbacks, train_dataset=dataset,
+        # Trainer wants an eval set once eval_strategy is on; our evaluate() reads held_out's rows
+        eval_dataset=prompt_dataset(held_out.rows, tokenizer, cfg.task) if held_out else None, held_out=held_out,
         conditioner=conditioner, router_lr=cfg.training.router_lr,
         no_context_reward_every=cfg.training.no_context_reward_every, generation_cache=cfg.training.generation_cache,
     )
@@ -237,12 +251,14 @@ def describe_training(cfg: RunConfig, checkpoint: Path | None) -> str:
             f"completions, up to {t.max_completion_length} tokens each")
     if checkpoint is not None:
         text += f", resuming after step {checkpoint_step(checkpoint)}"
+    if t.eval_every:
+        text += f"; held-out accuracy every {t.eval_every} step{'s' if t.eval_every > 1 else ''} and at the end"
     return text
 
 
 def summarise(run_dir: Path, seconds: float) -> None:
     rows = read_metrics(run_dir)
-    steps = rows
+    steps = [r for r in rows if "reward" in r]
     if not steps:
         return
     k = max(1, min(5, len(steps) // 3))
@@ -250,4 +266,7 @@ def summarise(run_dir: Path, seconds: float) -> None:
     lines = [f"run directory: {run_dir}", f"steps: {steps[-1]['step']}, wall time: {seconds:.0f} s",
              f"reward at the start (mean of the first {k} steps): {mean(steps[:k]):.3f}",
              f"reward at the end (mean of the last {k} steps): {mean(steps[-k:]):.3f}"]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    if evals:
+        lines.append("held-out accuracy (greedy): " + ", ".join(f"{r['eval/accuracy']:.3f} at step {r['step']}" for r in evals))
     print("\n".join(lines), flush=True)

@@ -1,10 +1,10 @@
-"""What a run prints: the per-step line, phase lines with elapsed time, silenced deprecations."""
+"""What a run prints: the per-step and per-evaluation lines, phase lines with elapsed time, silenced deprecations."""
 import io
 import logging
 import re
 import warnings
 
-from musketeers.console import run_output, step_line
+from musketeers.console import eval_line, run_output, step_line
 
 # what TRL logs for one optimizer step (a subset), as the callbacks receive it
 STEP_LOGS = {"loss": 0.0012, "grad_norm": 0.5, "learning_rate": 3e-4, "rewards/accuracy/mean": 0.125, "reward": 0.1875,
@@ -18,6 +18,14 @@ def test_step_line_is_one_compact_line_with_the_key_numbers():
     single = {k: v for k, v in STEP_LOGS.items() if not k.startswith("routing/")} | {"step_time": 0.0604, "kl": 0.0}
     assert step_line(single, 12, 500) == "step  12/500  reward 0.188  accuracy 0.125  KL 0  entropy 5.539  0.06 s/step"
     assert step_line({"reward": 0.5, "kl": None}, 1, 1) == "step 1/1  reward 0.500"  # what TRL did not log is left out
+
+
+def test_eval_line_names_the_items_and_each_dataset_when_there_are_several():
+    logs = {"eval_accuracy": 0.25, "eval_accuracy/basic_arithmetic": 0.2, "eval_accuracy/chain_sum": 0.3, "eval_runtime": 4.21}
+    assert eval_line(logs, 10, 64, "validation") == \
+        "eval at step 10: accuracy 0.250 (basic_arithmetic 0.200, chain_sum 0.300), greedy, first 64 validation items, 4.2 s"
+    one = {"eval_accuracy": 0.5, "eval_accuracy/gsm8k": 0.5}
+    assert eval_line(one, 3, 8, "test") == "eval at step 3: accuracy 0.500, greedy, first 8 test items"
 
 
 def test_run_output_prints_phase_lines_and_silences_only_the_named_deprecations():

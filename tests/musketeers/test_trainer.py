@@ -56,6 +56,7 @@ def test_overridden_trl_methods_keep_their_signatures():
         "_save_checkpoint": ["self", "model", "trial"],
         "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
         "create_optimizer": ["self", "model"],
+        "evaluate": ["self", "eval_dataset", "ignore_keys", "metric_key_prefix"],
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
@@ -361,6 +362,33 @@ def test_a_run_prints_phase_lines_and_one_line_per_step_without_raw_dicts_or_dep
     assert "{'loss'" not in out + err and "it/s]" not in err  # neither TRL's dicts nor its progress bar
     assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], [str(w.message) for w in caught]
     assert (run_dir / "curves.png").is_file()
+
+
+TWO_DATASETS = ('task.datasets=[{name: chain_sum, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}},'
+                ' {name: basic_arithmetic, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}]')
+
+
+def test_held_out_accuracy_during_training_is_musketeers_eval_of_that_steps_checkpoint(tmp_path, dense_reward, monkeypatch):
+    """training.eval_every=k: eval/accuracy (overall and per dataset) at step k is exactly what `musketeers eval
+    --limit eval_size` gives for checkpoint-k, and evaluating leaves training's own numbers unchanged."""
+    from musketeers.evaluate import evaluate
+
+    # tiny random models never answer right: both paths score completions with the same dense stand-in
+    monkeypatch.setattr("rewards.score_completion", lambda completion, *a, **k: digit_reward(None, [completion])[0])
+    common = ["training.max_steps=3", "training.gradient_accumulation_steps=1", "training.learning_rate=0.05", TWO_DATASETS]
+    run_dir = train(tiny_config(tmp_path / "eval", "training.eval_every=2", "training.eval_size=6", *common))
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 3]  # every 2 steps, and at the last one
+    for row in evals:
+        result = evaluate(run_dir / f"checkpoint-{row['step']}", limit=6, progress=False)
+        assert result["n"] == 6 and row["eval/accuracy"] == result["accuracy"] > 0
+        assert {k: v for k, v in row.items() if k.startswith("eval/accuracy/")} == \
+            {f"eval/accuracy/{name}": d["accuracy"] for name, d in result["per_dataset"].items()}
+        assert len(result["per_dataset"]) == 2
+    assert evals[0]["eval/accuracy"] != evals[1]["eval/accuracy"]  # a large lr: checkpoints 2 and 3 differ, so the steps match
+    plain = read_metrics(train(tiny_config(tmp_path / "plain", *common)))
+    assert [deterministic(r) for r in plain] == [deterministic(r) for r in rows if "reward" in r]
 
 
 def test_reward_without_context_is_logged_every_k_steps(tmp_path, dense_reward):
