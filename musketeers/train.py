@@ -20,8 +20,8 @@ from musketeers.console import StepPrinter, run_output
 from musketeers.curves import plot_run_curves
 from musketeers.data import build_prompt, load_split
 from musketeers.methods import METHODS
-from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, TENSORBOARD_DIR, append_metrics, checkpoint_step, is_run_dir,
-                               last_checkpoint, new_run_dir, read_config, read_metrics, truncate_metrics)
+from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, append_metrics, checkpoint_step, is_run_dir, last_checkpoint,
+                               new_run_dir, read_config, read_metrics, truncate_metrics)
 
 log = logging.getLogger("musketeers.train")  # phase lines: printed while musketeers.console.run_output is open
 
@@ -150,16 +150,18 @@ def grpo_config(cfg: RunConfig, run_dir: Path, activation_checkpointing: bool):
         eval_strategy="steps" if t.eval_every else "no", eval_steps=t.eval_every or None,
         per_device_eval_batch_size=t.prompts_per_batch * t.num_generations,  # TRL checks it against the group size
         disable_tqdm=True,  # musketeers.console.StepPrinter prints a line per step instead of TRL's bar and dicts
-        report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
+        # training.report_to's trackers are added by build_trainer (musketeers.tracking: they write into the run
+        # directory and record the resolved config), so transformers adds none of its own
+        report_to="none", run_name=run_dir.name,
+        remove_unused_columns=False, dataloader_num_workers=0,
     )
 
 
 def build_trainer(cfg: RunConfig, run_dir: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
     from transformers.trainer_callback import PrinterCallback
 
     from musketeers.evaluate import HeldOut
+    from musketeers.tracking import tracker_callbacks
     from musketeers.trainer import MusketeersGRPOTrainer
     from rewards import make_reward_functions
 
@@ -174,7 +176,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     args = grpo_config(cfg, run_dir, checkpointing)
     args.reward_weights = weights
     callbacks = [MetricsLogger(run_dir), StepPrinter(len(held_out.rows) if held_out else 0, held_out.split if held_out else ""),
-                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR)))]
+                 *tracker_callbacks(cfg, run_dir)]
     trainer = MusketeersGRPOTrainer(
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
         callbacks=callbacks, train_dataset=dataset,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from musketeers.config import CONFIG_DIR, ConfigError, load_run_config
+from musketeers.config import CONFIG_DIR, ConfigError, load_run_config, trackers
 
 def test_paper_defaults_are_explicit():
     cfg = load_run_config("arithmetic")
@@ -100,12 +100,26 @@ BAD = [
     ("arithmetic", ["training.eval_every=5", "training.eval_size=0"], "command line: training.eval_size: must be at least 1, got 0"),
     ("arithmetic", ["training.eval_every=5", "training.eval_size=100", "task.validation_size=50"],
      "command line: training.eval_size: reads the first eval_size validation items, but task.validation_size is 50"),
+    ("arithmetic", ["training.report_to=wandbb"],
+     "command line: training.report_to: unknown tracker 'wandbb'; valid: tensorboard, wandb, none (several comma-separated, e.g. tensorboard,wandb)"),
+    ("arithmetic", ["training.report_to=none,tensorboard"],
+     "command line: training.report_to: 'none' cannot be combined with a tracker, got 'none,tensorboard'"),
 ]
 
 
 @pytest.mark.parametrize("task,overrides,expected", BAD)
 def test_bad_config_messages(task, overrides, expected):
     assert _error(task, overrides) == expected
+
+
+def test_report_to_wandb_without_wandb_installed_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    assert _error("arithmetic", ["training.report_to=tensorboard,wandb"]) == \
+        "command line: training.report_to: wandb is not installed: pip install 'musketeers[wandb]' (or wandb)"
+    assert trackers("tensorboard, wandb") == ["tensorboard", "wandb"] and trackers("none") == []
 
 
 def test_errors_name_the_file(tmp_path):
