@@ -335,9 +335,23 @@ def ensure_embedded(name: str) -> Path:
                 os.fsync(handle.fileno())
             os.replace(tmp_marker, out / MARKER)
             _install(out, final, identity)
+            log.info("converted %s in %.1f s", spec.ref, marker["seconds"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def needs_conversion(name: str) -> bool:
+    """True when loading embedded model `name` converts it first (about a minute on 2 cores); False when
+    it is converted already, ships as a folder, or cannot load at all (the load then says why)."""
+    spec = embedded_spec(name)
+    if spec.source == "folder":
+        return False
+    try:
+        identity = embedded_identity(name)
+    except ModelLoadError:
+        return False
+    return not _is_valid(_models_root() / spec.name, identity)
 
 
 def _version(dist: str) -> str:

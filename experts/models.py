@@ -32,13 +32,15 @@ from .embedded import (  # noqa: F401  (re-exported public API)
     embedded_spec,
     ensure_embedded,
     gpt2_tiktoken_path,
+    needs_conversion as _embedded_needs_conversion,
     one_line,
     synthetic_tokenizer,
 )
 
 __all__ = [
     "EMBEDDED_MODELS", "EmbeddedModel", "ModelLoadError", "ModelRef", "ModelRefError", "RANDOM_ARCHS",
-    "cache_dir", "ensure_embedded", "load_model", "load_tokenizer", "model_identity", "parse_model_ref",
+    "cache_dir", "ensure_embedded", "load_model", "load_tokenizer", "model_identity", "needs_conversion",
+    "parse_model_ref",
 ]
 
 # Architectures with tested tiny defaults; any other transformers causal-LM model_type is accepted
@@ -223,6 +225,12 @@ def model_identity(ref: str) -> str:
         return f"path:{parsed.name}#{_path_fingerprint(Path(parsed.name))}"
     commit = _hub_commit(parsed.name)
     return f"hub:{parsed.name}@{commit}" if commit else f"hub:{parsed.name}"
+
+
+def needs_conversion(ref: str) -> bool:
+    """True when loading `ref` first converts an embedded model into the cache (about a minute on 2 cores)."""
+    parsed = parse_model_ref(ref)
+    return parsed.kind == "embedded" and _embedded_needs_conversion(parsed.name)
 
 
 # --------------------------------------------------------------------------- tokenizers

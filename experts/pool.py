@@ -16,6 +16,7 @@ included, so a GRPO batch of B prompts x G completions runs B forwards per exper
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -25,7 +26,7 @@ import torch
 
 from experts.cache import DiskCache, StateCache, fingerprint
 from experts.config import ExpertConfig, TeamConfig
-from experts.models import model_identity, one_line
+from experts.models import model_identity, needs_conversion, one_line
 from experts.pooling import uses_seed
 from experts.worker import ExpertLoadError, ExpertWorker
 
@@ -33,6 +34,8 @@ BACKENDS = ("ray", "local")
 MAX_RESTARTS = 8  # restarts of a dead expert actor before its calls fail
 MAX_TASK_RETRIES = 4  # retries of a call whose actor died under it
 OBJECT_STORE_BYTES = 150 * 2**20  # pooled states are small; keep Ray's shared memory small too
+
+log = logging.getLogger(__name__)
 
 
 class RayExpertWorker(ExpertWorker):
@@ -95,6 +98,7 @@ class ExpertPool:
             cached = {i: c.width for i, c in enumerate(self._caches) if c.width is not None}
             for i, width in cached.items():
                 self.infos[i] = {"name": team.experts[i].name, "model": team.experts[i].model, "hidden_size": width}
+                log.info("expert %s: pooled states on disk (team.cache_dir); its model loads only on a miss", team.experts[i].name)
             self._start([i for i in range(n) if i not in cached])
         except BaseException:
             self.shutdown()
@@ -104,32 +108,44 @@ class ExpertPool:
     # ------------------------------------------------------------------ start / stop
 
     def _start(self, indices: list[int]) -> None:
-        """Load these experts (all at once on Ray) and record what each is."""
+        """Load these experts (all at once on Ray) and record what each is. Each start and each expert
+        ready is an INFO line on this module's logger (`musketeers train` prints them)."""
         if not indices:
             return
         experts, pooling = [self.team.experts[i] for i in indices], self.team.pooling
         if self.backend == "local":
             for i, e in zip(indices, experts):
                 self.workers[i] = ExpertWorker(e, self.system_prompt, pooling, self.seed)
-                self.infos[i] = self.workers[i].info()
-                self.loads += 1
+                self._ready(i, self.workers[i].info())
             return
         import ray
 
         if not ray.is_initialized():
             self._owns_ray = init_ray(sum(e.num_cpus for e in self.team.experts))
         self._check_resources(experts)
+        log.info("starting %d expert(s) in Ray actors: %s", len(experts), ", ".join(e.name for e in experts))
         actor = ray.remote(RayExpertWorker)
+        pending = {}
         for i, e in zip(indices, experts):
             threads = max(1, int(e.num_cpus))
             options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "resources": e.resources, "max_restarts": MAX_RESTARTS,
                        "max_task_retries": MAX_TASK_RETRIES,
                        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
             self.workers[i] = actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads)
-        pending = [self.workers[i].info.remote() for i in indices]  # all experts load concurrently
-        for i, e, ref in zip(indices, experts, pending):
-            self.infos[i] = self._loaded(e, ref)
-            self.loads += 1
+            pending[self.workers[i].info.remote()] = i  # all experts load concurrently
+            if needs_conversion(e.model):  # else a minute of silence: the actor's own lines stay in the actor
+                log.info("expert %s: converting %s once inside its actor first (about a minute on 2 cores; "
+                         "the actor prints nothing until it is ready)", e.name, e.model)
+        while pending:  # in the order they become ready
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ref)
+            self._ready(i, self._loaded(self.team.experts[i], ref))
+
+    def _ready(self, index: int, info: dict) -> None:
+        self.infos[index] = info
+        self.loads += 1
+        log.info("expert %s ready: %s, %.1fM parameters, %s on %s, loaded in %.1f s", info["name"], info["architecture"],
+                 info["parameters"] / 1e6, info["dtype"], info["device"], info["load_s"])
 
     @staticmethod
     def _loaded(expert: ExpertConfig, ref) -> dict:

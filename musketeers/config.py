@@ -41,10 +41,16 @@ CONFIG_DIR = _config_dir()
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 CONTEXT_POSITIONS = ("after_first", "prefix", "suffix")  # where C sits in the prompt: musketeers/context.py
 REFERENCE_CONTEXTS = ("zeros", "none")  # what the KL reference sees where C sits: musketeers/context.py
+REPORT_TO = ("tensorboard", "wandb", "none")  # experiment trackers: musketeers/tracking.py
 
 
 class ConfigError(MusketeersError, ValueError):
     """A bad config: the message is one line naming the source, the key and what would be valid."""
+
+
+def trackers(report_to: str) -> list[str]:
+    """The trackers training.report_to names, without "none" (`tensorboard,wandb` -> both)."""
+    return [name for name in (part.strip() for part in report_to.split(",")) if name != "none"]
 
 
 # ----------------------------------------------------------------------------- schema
@@ -127,6 +133,9 @@ class TrainingConfig:
     reference_context: Literal[REFERENCE_CONTEXTS] = "zeros"
     activation_checkpointing: Literal["auto", "always", "never"] = "auto"  # not on/off: YAML reads those as booleans
     generation_cache: Literal["dynamic", "static"] = "dynamic"
+    eval_every: int = 0  # greedy held-out accuracy every k optimizer steps and at the last one (0 = off)
+    eval_size: int = 128  # held-out items it reads: the first eval_size of the eval split (musketeers eval's)
+    report_to: str = "tensorboard"  # a REPORT_TO name, or several comma-separated (tensorboard,wandb)
 
 
 @dataclass
@@ -443,7 +452,8 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
             fail(f"adapter.{key}", "must be at least 1")
     if t.num_generations < 2:
         fail("training.num_generations", "GRPO needs groups of at least 2 completions")
-    for key in ("prompts_per_batch", "gradient_accumulation_steps", "max_completion_length", "max_steps", "logging_steps", "save_steps"):
+    for key in ("prompts_per_batch", "gradient_accumulation_steps", "max_completion_length", "max_steps", "logging_steps", "save_steps",
+                "eval_size"):
         if getattr(t, key) < 1:
             fail(f"training.{key}", f"must be at least 1, got {getattr(t, key)}")
     for key in ("learning_rate", "router_lr", "adam_epsilon", "temperature", "max_grad_norm"):
@@ -451,14 +461,32 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
             fail(f"training.{key}", f"must be positive, got {getattr(t, key)}")
     for key, value in (("training.beta", t.beta), ("training.weight_decay", t.weight_decay),
                        ("training.warmup_steps", t.warmup_steps), ("training.no_context_reward_every", t.no_context_reward_every),
+                       ("training.eval_every", t.eval_every),
                        ("reward.format_weight", cfg.reward.format_weight)):
         if value < 0:
             fail(key, f"must not be negative, got {value}")
+    _validate_report_to(t.report_to, fail)
+    if t.eval_every and task.source == "reasoning_gym" and t.eval_size > task.validation_size:
+        fail("training.eval_size", f"reads the first eval_size validation items, but task.validation_size is {task.validation_size}")
     from transformers import SchedulerType
 
     schedulers = [s.value for s in SchedulerType]
     if t.lr_scheduler_type not in schedulers:
         fail("training.lr_scheduler_type", f"unknown scheduler {t.lr_scheduler_type!r}{_choices_hint(t.lr_scheduler_type, schedulers)}")
+
+
+def _validate_report_to(report_to: str, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    import importlib.util
+
+    names = [part.strip() for part in report_to.split(",")]
+    for name in names:
+        if name not in REPORT_TO:
+            fail("training.report_to", f"unknown tracker {name!r}; valid: {', '.join(REPORT_TO)} (several comma-separated, "
+                                       "e.g. tensorboard,wandb)")
+    if "none" in names and len(names) > 1:
+        fail("training.report_to", f"'none' cannot be combined with a tracker, got {report_to!r}")
+    if "wandb" in names and importlib.util.find_spec("wandb") is None:
+        fail("training.report_to", "wandb is not installed: pip install 'musketeers[wandb]' (or wandb)")
 
 
 def _validate_datasets(task: TaskConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:

@@ -200,6 +200,14 @@ class Evaluator:
             self.close()  # the experts are running by now
             raise
 
+    @classmethod
+    def of(cls, cfg: RunConfig, model, tokenizer, conditioner) -> Evaluator:
+        """An Evaluator of parts that exist already (training's policy and conditioner): nothing is loaded; the
+        caller puts the model in eval mode and owns the experts (do not close() it)."""
+        evaluator = cls.__new__(cls)
+        evaluator.cfg, evaluator.model, evaluator.tokenizer, evaluator.conditioner = cfg, model, tokenizer, conditioner
+        return evaluator
+
     def _load_trained(self, policy, checkpoint: Path):
         from peft import PeftModel
         from safetensors.torch import load_file
@@ -279,13 +287,44 @@ def sampled_summary(datasets: list[str], item_scores: list[list[float]]) -> dict
             "per_dataset": {name: _sampled_stats(s) for name, s in _by_dataset(datasets, item_scores).items()}}
 
 
+def complete_rows(evaluator: Evaluator, rows: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH_SIZE,
+                  progress: bool = False, desc: str = "eval", sampling: Sampling | None = None) -> list[str]:
+    """Completions of `rows`, `batch_size` questions at a time, in order: greedy, or `sampling.samples`
+    adjacent ones per row, each batch seeded from the run's seed and its first row."""
+    from tqdm import tqdm
+
+    completions: list[str] = []
+    with tqdm(total=len(rows), desc=desc, unit="item", disable=not progress) as bar:
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s : s + batch_size]
+            completions += evaluator.complete([r["question"] for r in batch], sampling, batch_seed(evaluator.cfg.seed, s))
+            bar.update(len(batch))
+    return completions
+
+
+class HeldOut:
+    """training.eval_every: the first training.eval_size items of the eval split, scored during training
+    exactly as `musketeers eval --limit eval_size` scores a checkpoint (same rows, batches and greedy path)."""
+
+    def __init__(self, cfg: RunConfig):
+        from musketeers.data import load_split
+
+        self.cfg, self.split = cfg, default_split(cfg)
+        rows = load_split(cfg.task, self.split)
+        self.rows = [rows[k] for k in range(min(cfg.training.eval_size, len(rows)))]
+
+    def accuracy(self, model, tokenizer, conditioner) -> dict[str, Any]:
+        """Accuracy overall and per dataset (accuracy_summary) of the policy as it is now, in eval mode."""
+        completions = complete_rows(Evaluator.of(self.cfg, model, tokenizer, conditioner), self.rows)
+        scores = score_rows(self.rows, completions, self.cfg.task.assistant_prefill)
+        return accuracy_summary([r["task"] for r in self.rows], scores)
+
+
 def evaluate(path: str | Path, split: str | None = None, limit: int | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE, baseline: bool = False, progress: bool = True,
              sampling: Sampling | None = None) -> dict[str, Any]:
     """Evaluate a run or checkpoint, greedily or with `sampling`; writes and returns the result (see
     the module docstring)."""
-    from tqdm import tqdm
-
     from musketeers.data import load_split
 
     if batch_size < 1 or (limit is not None and limit < 1):
@@ -296,16 +335,11 @@ def evaluate(path: str | Path, split: str | None = None, limit: int | None = Non
     all_rows = load_split(cfg.task, split)
     n = len(all_rows) if limit is None else min(limit, len(all_rows))
     start = time.perf_counter()
+    rows = [all_rows[k] for k in range(n)]
     evaluator = Evaluator(cfg, checkpoint, baseline)
     k = 1 if sampling is None else sampling.samples
-    rows, completions = [], []
     try:
-        with tqdm(total=n, desc=f"eval {split}", unit="item", disable=not progress) as bar:
-            for s in range(0, n, batch_size):
-                batch = [all_rows[j] for j in range(s, min(s + batch_size, n))]
-                completions += evaluator.complete([r["question"] for r in batch], sampling, batch_seed(cfg.seed, s))
-                rows += batch
-                bar.update(len(batch))
+        completions = complete_rows(evaluator, rows, batch_size, progress, desc=f"eval {split}", sampling=sampling)
     finally:
         evaluator.close()
     scores = score_rows([r for r in rows for _ in range(k)], completions, cfg.task.assistant_prefill)

@@ -16,7 +16,7 @@ import numpy as np
 from musketeers.report import Group, Run, change_from_start, mean_std, routing_keys, task_rank
 
 
-def _matrix(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
+def series_matrix(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
     """Steps logged by any run, and values [runs, steps] (NaN where a run did not log `key`)."""
     series = [r.series(key) for r in runs]
     steps = np.array(sorted(set().union(*series)), dtype=int)
@@ -32,7 +32,7 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
         return np.convolve(np.where(ok, y, 0.0), kernel, "same") / np.convolve(ok.astype(float), kernel, "same")
 
 
-def _band(ax, steps: np.ndarray, values: np.ndarray, label: str, window: int = 1, **style) -> None:
+def mean_band(ax, steps: np.ndarray, values: np.ndarray, label: str, window: int = 1, **style) -> None:
     """Mean over runs as a line, mean ± std over runs (ddof=1) as a band when there are 2+ runs."""
     with warnings.catch_warnings():  # all-NaN columns (a step no seed logged) stay NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -48,7 +48,7 @@ def _window(groups: list[Group]) -> int:
     return max(1, longest // 25)
 
 
-def _figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2, sharex: bool = True):
+def new_figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2, sharex: bool = True):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +63,7 @@ def _figure(title: str, panels: int = 1, width: float = 8.0, height: float = 3.2
     return fig, list(axes[:, 0])
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -74,12 +74,12 @@ def _save(fig, path: Path) -> None:
 def plot_reward_entropy(task: str, groups: list[Group], path: Path) -> str | None:
     routed = [g for g in groups if any(r.series("routing/entropy") for r in g.runs)]
     w = _window(groups)
-    fig, (top, bottom) = _figure(f"Reward and routing entropy over training, task {task}"
+    fig, (top, bottom) = new_figure(f"Reward and routing entropy over training, task {task}"
                                  + (f" (rolling mean over {w} steps)" if w > 1 else ""), panels=2)
     for i, g in enumerate(groups):  # one colour per group in both panels
-        _band(top, *_matrix(g.runs, "reward"), g.label, w, color=f"C{i}")
+        mean_band(top, *series_matrix(g.runs, "reward"), g.label, w, color=f"C{i}")
         if any(g is r for r in routed):
-            _band(bottom, *_matrix(g.runs, "routing/entropy"), g.label, w, color=f"C{i}")
+            mean_band(bottom, *series_matrix(g.runs, "routing/entropy"), g.label, w, color=f"C{i}")
     top.set_ylabel("reward (training)")
     bottom.set_ylabel("routing entropy H")
     bottom.set_xlabel("optimizer step")
@@ -88,7 +88,7 @@ def plot_reward_entropy(task: str, groups: list[Group], path: Path) -> str | Non
     else:
         bottom.text(0.5, 0.5, "no run logged routing entropy", ha="center", transform=bottom.transAxes)
     top.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -97,15 +97,15 @@ def plot_utilisation(task: str, groups: list[Group], path: Path) -> str | None:
     if not routed:
         return "no run logged per-expert utilisation or selection frequency"
     seeds = max(len(g.runs) for g, _ in routed)
-    fig, axes = _figure(f"Per-expert utilisation over training, task {task} (mean ± std over {seeds} seed(s))", panels=len(routed))
+    fig, axes = new_figure(f"Per-expert utilisation over training, task {task} (mean ± std over {seeds} seed(s))", panels=len(routed))
     for ax, (g, (prefix, names)) in zip(axes, routed):
         for name in names:
-            _band(ax, *_matrix(g.runs, prefix + name), name, _window(groups))
+            mean_band(ax, *series_matrix(g.runs, prefix + name), name, _window(groups))
         ax.set_title(g.label, fontsize=9)
         ax.set_ylabel("utilisation u_i" if "utilisation" in prefix else "selection frequency")
         ax.legend(fontsize=7)
     axes[-1].set_xlabel("optimizer step")
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -116,7 +116,7 @@ def plot_utilisation_change(task: str, groups: list[Group], path: Path) -> str |
     teams: dict[tuple, list] = defaultdict(list)  # one panel per set of experts (Figure 4: default, llm, naive)
     for g, (prefix, names) in routed:
         teams[(prefix, *names)].append(g)
-    fig, axes = _figure(f"Utilisation change from initialisation, task {task}\n"
+    fig, axes = new_figure(f"Utilisation change from initialisation, task {task}\n"
                         "(mean of the last 10% of steps minus step 1; mean ± std over seeds)", panels=len(teams), sharex=False)
     for ax, ((prefix, *names), members) in zip(axes, teams.items()):
         width = 0.8 / len(members)
@@ -128,7 +128,7 @@ def plot_utilisation_change(task: str, groups: list[Group], path: Path) -> str |
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel("change of u_i" if "utilisation" in prefix else "change of selection frequency")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -136,16 +136,16 @@ def plot_without_context(task: str, groups: list[Group], path: Path) -> str | No
     ablated = [g for g in groups if any(r.series("reward_without_context") for r in g.runs)]
     if not ablated:
         return "no run logged reward_without_context (set training.no_context_reward_every)"
-    fig, (ax,) = _figure(f"Reward with vs without context tokens C, task {task}")
+    fig, (ax,) = new_figure(f"Reward with vs without context tokens C, task {task}")
     for g in ablated:
-        steps, without = _matrix(g.runs, "reward_without_context")
+        steps, without = series_matrix(g.runs, "reward_without_context")
         with_c = np.array([[r.series("reward").get(int(s), np.nan) for s in steps] for r in g.runs])
-        _band(ax, steps, with_c, f"{g.label}: with C", marker="o")
-        _band(ax, steps, without, f"{g.label}: without C", linestyle="--", marker="x")
+        mean_band(ax, steps, with_c, f"{g.label}: with C", marker="o")
+        mean_band(ax, steps, without, f"{g.label}: without C", linestyle="--", marker="x")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward (training)")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -155,7 +155,7 @@ def plot_queries(task: str, groups: list[Group], path: Path) -> str | None:
         return "runs do not differ in adapter.num_queries"
     which = "eval" if all(r.eval for g in perceiver for r in g.runs) else "reward"
     ylabel = "held-out accuracy (%)" if which == "eval" else "training reward, last 10% of steps (%)"
-    fig, (ax,) = _figure(f"{ylabel.split(' (')[0].capitalize()} against the number of latent queries m, task {task}")
+    fig, (ax,) = new_figure(f"{ylabel.split(' (')[0].capitalize()} against the number of latent queries m, task {task}")
     by_team: dict[str, list[tuple[int, list[float]]]] = defaultdict(list)
     for g in perceiver:
         by_team[g.runs[0].team].append((g.runs[0].cfg.adapter.num_queries, g.values(which)))
@@ -170,13 +170,27 @@ def plot_queries(task: str, groups: list[Group], path: Path) -> str | None:
     ax.set_xlabel("latent queries m")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
+    return None
+
+
+def plot_eval_accuracy(task: str, groups: list[Group], path: Path) -> str | None:
+    evaluated = [g for g in groups if any(r.series("eval/accuracy") for r in g.runs)]
+    if not evaluated:
+        return "no run logged eval/accuracy (set training.eval_every)"
+    fig, (ax,) = new_figure(f"Held-out accuracy during training (greedy, training.eval_every), task {task}")
+    for g in evaluated:
+        mean_band(ax, *series_matrix(g.runs, "eval/accuracy"), g.label, marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("eval/accuracy")
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
     return None
 
 
 PLOTS = {"reward_entropy": plot_reward_entropy, "utilisation": plot_utilisation,
          "utilisation_change": plot_utilisation_change, "reward_without_context": plot_without_context,
-         "accuracy_vs_queries": plot_queries}
+         "eval_accuracy": plot_eval_accuracy, "accuracy_vs_queries": plot_queries}
 
 
 def make_plots(groups: list[Group], out: Path) -> tuple[list[str], list[str]]:

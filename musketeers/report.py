@@ -13,6 +13,8 @@ Numbers, named for what they are:
     seeds)" when only some have;
   * training reward: the mean `reward` over the last 10% of a run's logged steps (at least one step);
     always available, but it is the sampled (temperature 1) reward on training prompts, not accuracy;
+  * held-out accuracy during training: `eval/accuracy` that a run with training.eval_every logged (greedy, on
+    the first training.eval_size items of the same split); the runs table shows the last one, a plot all;
   * rho: Spearman rank correlation between a run's reward and routing-entropy series
     (musketeers.metrics.spearman_rho; runs without routing entropy have none);
   * reward with and without C (Figure 5): both on the steps that logged `reward_without_context`;
@@ -244,14 +246,18 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def runs_table(runs: list[Run]) -> str:
-    """One line per run: steps, final training reward, held-out accuracy and rho."""
-    lines = ["| run | task | method | team | seed | steps | training reward (%, last 10%) | held-out accuracy (%) | rho(reward, entropy) |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    """One line per run: steps, final training reward, held-out accuracy (from `musketeers eval`, and the last
+    one logged during training, training.eval_every) and rho."""
+    lines = ["| run | task | method | team | seed | steps | training reward (%, last 10%) | held-out accuracy (%) | "
+             "eval/accuracy during training (%) | rho(reward, entropy) |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(runs, key=lambda r: (task_rank(r.task), _method_rank(r.cfg.method), r.path.name)):
         acc = f"{100 * r.eval['accuracy']:.2f} (n={r.eval['n']})" if r.eval else "—"
+        during = sorted(r.series("eval/accuracy").items())
+        last = f"{100 * during[-1][1]:.2f} (step {during[-1][0]})" if during else "—"
         steps = r.rows[-1]["step"] if r.rows else 0
         lines.append(f"| {r.path.name} | {r.task} | {r.cfg.method} | {r.team} | {r.cfg.seed} | {steps} | "
-                     f"{_fmt(100 * r.final_reward(), 2)} | {acc} | {_fmt(r.rho())} |")
+                     f"{_fmt(100 * r.final_reward(), 2)} | {acc} | {last} | {_fmt(r.rho())} |")
     return "\n".join(lines)
 
 

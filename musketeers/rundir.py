@@ -4,8 +4,10 @@
       <run name>/                      <task>-<method>-<team>-seed<k> (team "none" for single), then
                                        -<time> (musketeers train) or -<key><value> per varied setting (sweeps)
         config.yaml                    the resolved config: what --resume, eval, report and sweeps read back
-        metrics.jsonl                  one row per optimizer step: rewards, accuracy, KL, lengths, routing, timings
-        tensorboard/                   the same scalars for TensorBoard
+        metrics.jsonl                  one row per optimizer step: rewards, accuracy, KL, lengths, routing, timings;
+                                       one per held-out evaluation (training.eval_every): eval/accuracy[/<dataset>]
+        tensorboard/                   the same scalars and the resolved config for TensorBoard (training.report_to)
+        curves.png                     written when training ends: reward (+ held-out accuracy), KL, entropy, utilisation
         checkpoint-N/                  every training.save_steps (TRL names and writes them): PEFT adapter,
                                        context_adapter.safetensors (methods with g_phi), optimizer, scheduler, RNG, step
         final/                         the trained PEFT adapter (+ context_adapter.safetensors) when training ends
@@ -43,6 +45,7 @@ from musketeers.methods import METHODS
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+CURVES_FILE = "curves.png"
 CHECKPOINT_PREFIX = "checkpoint-"  # TRL's Trainer names its checkpoints so (transformers' PREFIX_CHECKPOINT_DIR)
 FINAL_DIR = "final"
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT's save_pretrained writes

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -15,11 +16,14 @@ from experts.models import load_model
 from musketeers.adapters import count_trainable
 from musketeers.conditioning import build_conditioner
 from musketeers.config import ConfigError, RunConfig
+from musketeers.console import StepPrinter, run_output
+from musketeers.curves import plot_run_curves
 from musketeers.data import build_prompt, load_split
 from musketeers.methods import METHODS
-from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, TENSORBOARD_DIR, append_metrics, checkpoint_step, checkpoints_after,
-                               is_run_dir,
+from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, append_metrics, checkpoint_step, checkpoints_after, is_run_dir,
                                last_checkpoint, new_run_dir, read_config, read_metrics, truncate_metrics)
+
+log = logging.getLogger("musketeers.train")  # phase lines: printed while musketeers.console.run_output is open
 
 
 def prompt_dataset(rows, tokenizer, task):
@@ -38,20 +42,27 @@ def prompt_dataset(rows, tokenizer, task):
 
 
 class MetricsLogger(TrainerCallback):
-    """Appends one row per optimizer step to the run's metrics."""
+    """Appends one row per optimizer step to the run's metrics, and one per held-out evaluation (its
+    eval_* keys written eval/*, as TensorBoard and wandb show them)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "reward" not in logs:
-            return
-        row = {"step": state.global_step, **logs}
+        if logs and "reward" in logs:
+            append_metrics(self.run_dir, self._step_row(state.global_step, logs))
+        elif logs and "eval_accuracy" in logs:
+            evals = {f"eval/{k.removeprefix('eval_')}": v for k, v in logs.items() if k.startswith("eval_")}
+            append_metrics(self.run_dir, {"step": state.global_step, **evals})
+
+    @staticmethod
+    def _step_row(step: int, logs: dict) -> dict:
+        row = {"step": step, **logs}
         row["accuracy"] = logs.get("rewards/accuracy/mean")
         timed = sum(logs.get(f"time/{k}", 0.0) for k in ("experts", "generation", "logprobs"))
         if "step_time" in logs:
             row["time/update"] = max(logs["step_time"] - timed, 0.0)
-        append_metrics(self.run_dir, row)
+        return row
 
 
 def build_policy(cfg: RunConfig):
@@ -60,8 +71,12 @@ def build_policy(cfg: RunConfig):
     from peft import LoraConfig
     from trl.trainer.utils import disable_dropout_in_model
 
+    start = time.perf_counter()
     model, tokenizer = load_model(cfg.policy.model, dtype=cfg.policy.dtype, device="auto",
                                   trust_remote_code=cfg.policy.trust_remote_code)
+    weights = model.get_input_embeddings().weight
+    log.info("loaded policy %s: %s, %.1fM parameters, %s on %s, in %.1f s", cfg.policy.model, model.config.model_type,
+             model.num_parameters() / 1e6, str(weights.dtype).removeprefix("torch."), weights.device, time.perf_counter() - start)
     lora = cfg.policy.lora
     modules = {name.split(".")[-1] for name, _ in model.named_modules()}
     missing = [m for m in lora.target_modules if m not in modules]
@@ -131,14 +146,22 @@ def grpo_config(cfg: RunConfig, run_dir: Path, activation_checkpointing: bool):
         max_grad_norm=t.max_grad_norm, max_completion_length=t.max_completion_length, max_steps=t.max_steps,
         temperature=t.temperature, lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
-        report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
+        # held-out accuracy every eval_every steps (and at the last step): MusketeersGRPOTrainer.evaluate
+        eval_strategy="steps" if t.eval_every else "no", eval_steps=t.eval_every or None,
+        per_device_eval_batch_size=t.prompts_per_batch * t.num_generations,  # TRL checks it against the group size
+        disable_tqdm=True,  # musketeers.console.StepPrinter prints a line per step instead of TRL's bar and dicts
+        # training.report_to's trackers are added by build_trainer (musketeers.tracking: they write into the run
+        # directory and record the resolved config), so transformers adds none of its own
+        report_to="none", run_name=run_dir.name,
+        remove_unused_columns=False, dataloader_num_workers=0,
     )
 
 
 def build_trainer(cfg: RunConfig, run_dir: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_callback import PrinterCallback
 
+    from musketeers.evaluate import HeldOut
+    from musketeers.tracking import tracker_callbacks
     from musketeers.trainer import MusketeersGRPOTrainer
     from rewards import make_reward_functions
 
@@ -148,20 +171,25 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     conditioner = build_conditioner(cfg, embeddings.shape[1], tokenizer, embeddings.device)
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
     dataset = prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task)
+    held_out = HeldOut(cfg) if cfg.training.eval_every else None
     checkpointing = use_activation_checkpointing(cfg, policy, tokenizer, dataset)
     args = grpo_config(cfg, run_dir, checkpointing)
     args.reward_weights = weights
-    callbacks = [MetricsLogger(run_dir),
-                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR)))]
+    callbacks = [MetricsLogger(run_dir), StepPrinter(len(held_out.rows) if held_out else 0, held_out.split if held_out else ""),
+                 *tracker_callbacks(cfg, run_dir)]
     trainer = MusketeersGRPOTrainer(
         model=policy, peft_config=lora_config, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
         callbacks=callbacks, train_dataset=dataset,
+        # Trainer wants an eval set once eval_strategy is on; our evaluate() reads held_out's rows
+        eval_dataset=prompt_dataset(held_out.rows, tokenizer, cfg.task) if held_out else None, held_out=held_out,
         conditioner=conditioner, router_lr=cfg.training.router_lr,
         no_context_reward_every=cfg.training.no_context_reward_every, generation_cache=cfg.training.generation_cache,
     )
-    print(f"method {cfg.method}: trainable parameters {trainable_parameters(trainer)}; "
-          f"activation checkpointing {'on' if checkpointing else 'off'} (training.activation_checkpointing="
-          f"{cfg.training.activation_checkpointing})", flush=True)
+    trainer.remove_callback(PrinterCallback)  # TRL's raw dict per step (disable_tqdm swapped the progress bar for it)
+    counts = trainable_parameters(trainer)
+    log.info("method %s: trainable parameters: LoRA %s, adapter g_phi %s; activation checkpointing %s "
+             "(training.activation_checkpointing=%s)", cfg.method, f"{counts['lora']:,}", f"{counts['adapter']:,}",
+             "on" if checkpointing else "off", cfg.training.activation_checkpointing)
     return trainer
 
 
@@ -174,7 +202,13 @@ def trainable_parameters(trainer) -> dict[str, int]:
 
 
 def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_dir: Path | None = None) -> Path:
-    """Run (or resume) a GRPO run; returns the run directory (`run_dir`: see musketeers.rundir.new_run_dir)."""
+    """Run (or resume) a GRPO run; returns the run directory (`run_dir`: see musketeers.rundir.new_run_dir).
+    Prints a line per phase and per step (musketeers.console), then a summary."""
+    with run_output():
+        return _train(cfg, resume, run_dir)
+
+
+def _train(cfg: RunConfig | None, resume: str | Path | None, run_dir: Path | None) -> Path:
     if resume is not None:
         run_dir = Path(resume)
         if not is_run_dir(run_dir):
@@ -195,6 +229,7 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_di
         if checkpoint is None:  # a new run that never started leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    log.info("training: %s", describe_training(cfg, checkpoint))
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -204,16 +239,38 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, run_di
     finally:
         if trainer.conditioner.pool is not None:
             trainer.conditioner.pool.shutdown()
-    summarise(run_dir, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    log.info("trained to step %d in %.1f s; saved %s", trainer.state.global_step, seconds, run_dir / FINAL_DIR)
+    curves = plot_run_curves(run_dir)
+    summarise(run_dir, seconds)
+    if curves is not None:
+        print(f"curves: {curves}", flush=True)
     return run_dir
+
+
+def describe_training(cfg: RunConfig, checkpoint: Path | None) -> str:
+    """What the run is about to do, in one line."""
+    t = cfg.training
+    text = (f"{t.max_steps} steps of {t.prompts_per_batch * t.gradient_accumulation_steps} prompts x {t.num_generations} "
+            f"completions, up to {t.max_completion_length} tokens each")
+    if checkpoint is not None:
+        text += f", resuming after step {checkpoint_step(checkpoint)}"
+    if t.eval_every:
+        text += f"; held-out accuracy every {t.eval_every} step{'s' if t.eval_every > 1 else ''} and at the end"
+    return text
 
 
 def summarise(run_dir: Path, seconds: float) -> None:
     rows = read_metrics(run_dir)
-    if not rows:
+    steps = [r for r in rows if "reward" in r]
+    if not steps:
         return
-    k = max(1, min(5, len(rows) // 3))
+    k = max(1, min(5, len(steps) // 3))
     mean = lambda rs: sum(r["reward"] for r in rs) / len(rs)  # noqa: E731
-    print(f"run directory: {run_dir}\nsteps: {rows[-1]['step']}, wall time: {seconds:.0f} s\n"
-          f"reward at the start (mean of the first {k} steps): {mean(rows[:k]):.3f}\n"
-          f"reward at the end (mean of the last {k} steps): {mean(rows[-k:]):.3f}", flush=True)
+    lines = [f"run directory: {run_dir}", f"steps: {steps[-1]['step']}, wall time: {seconds:.0f} s",
+             f"reward at the start (mean of the first {k} steps): {mean(steps[:k]):.3f}",
+             f"reward at the end (mean of the last {k} steps): {mean(steps[-k:]):.3f}"]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    if evals:
+        lines.append("held-out accuracy (greedy): " + ", ".join(f"{r['eval/accuracy']:.3f} at step {r['step']}" for r in evals))
+    print("\n".join(lines), flush=True)

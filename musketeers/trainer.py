@@ -16,6 +16,8 @@ objective with the KL term). We override only what the context tokens touch:
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
   5. create_optimizer                 the adapter is its own parameter group with router_lr
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
+  7. evaluate                         training.eval_every: greedy held-out accuracy (musketeers.evaluate's
+                                      path), not TRL's sampled evaluation
 
 With method "single" the passes are TRL's but faster (2, 3): the other overrides fall through.
 Everything the trainer keeps beyond TRL's own state is one `RoundState` (self.round_state).
@@ -27,9 +29,11 @@ import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import Trainer
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
@@ -38,6 +42,9 @@ from musketeers.conditioning import Conditioner
 from musketeers.context import generate_with_context, insert_context
 from musketeers.methods import RowTensors
 from musketeers.rundir import ADAPTER_FILE, checkpoint_dir
+
+if TYPE_CHECKING:
+    from musketeers.evaluate import HeldOut
 
 CONDITIONING_KEY = "conditioning"  # TRL batch-dict entry holding the method's stored RowTensors
 
@@ -83,8 +90,9 @@ def last_hidden_states_only(model, n: int):
 
 class MusketeersGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, conditioner: Conditioner, router_lr: float, no_context_reward_every: int = 0,
-                 generation_cache: str = "dynamic", **kwargs):
+                 generation_cache: str = "dynamic", held_out: HeldOut | None = None, **kwargs):
         self.conditioner, self.router_lr = conditioner, router_lr  # create_optimizer may run inside __init__
+        self.held_out = held_out
         super().__init__(*args, **kwargs)
         self.no_context_reward_every, self.generation_cache = no_context_reward_every, generation_cache
         self.round_state = RoundState()
@@ -292,3 +300,29 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         if self.conditioner.adapter is not None:
             state = load_file(os.path.join(resume_from_checkpoint, ADAPTER_FILE), device=str(self.accelerator.device))
             self.conditioner.adapter.load_state_dict(state)
+
+    # ------------------------------------------------------------------------- 7. held-out evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Greedy accuracy of the policy as it is now on the held-out rows (`held_out`), what `musketeers eval
+        --limit eval_size` gives for this step's checkpoint; logged as eval_accuracy (eval/accuracy in
+        TensorBoard, wandb and metrics.jsonl), overall and per dataset. Greedy decoding draws no random
+        numbers, so training goes on exactly as without it."""
+        if self.held_out is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        start = time.perf_counter()
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                         gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model:
+            was_training = model.training
+            model.eval()
+            try:
+                summary = self.held_out.accuracy(model, self.processing_class, self.conditioner)
+            finally:
+                model.train(was_training)
+        self._pool_metrics()  # the evaluation's expert forwards are not the next step's
+        metrics = {f"{metric_key_prefix}_accuracy": summary["accuracy"],
+                   **{f"{metric_key_prefix}_accuracy/{name}": d["accuracy"] for name, d in summary["per_dataset"].items()},
+                   f"{metric_key_prefix}_runtime": time.perf_counter() - start}
+        Trainer.log(self, metrics)  # not TRL's log, which would move its pending training metrics into this row
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

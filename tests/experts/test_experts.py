@@ -373,3 +373,28 @@ def test_every_team_file_resolves(name):
     assert cfg.team.experts
     kinds = {parse_model_ref(e.model).kind for e in cfg.team.experts}
     assert kinds <= ({"embedded", "random"} if name == "embedded" else {"hub"})
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_the_pool_logs_each_expert_ready_and_a_conversion_in_an_actor_before_it_starts(backend, request, caplog, monkeypatch):
+    """What `musketeers train` prints while experts load: an actor's own output never reaches the driver,
+    so the pool says beforehand which expert converts an embedded model first."""
+    import logging
+
+    if backend == "ray":
+        request.getfixturevalue("ray_session")
+    monkeypatch.setattr("experts.pool.needs_conversion", lambda ref: ref == EXPERTS[2].model)
+    caplog.set_level(logging.INFO, logger="experts")
+    with ExpertPool(team(experts=EXPERTS[1:], backend=backend), SYSTEM):
+        pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "experts.pool"]
+    ready = sorted(line.split(":")[0] for line in lines if " ready: " in line)
+    assert ready == ["expert gpt2-bpe ready", "expert qwen2-chars ready"]
+    assert any(line.startswith("expert gpt2-bpe ready: gpt2 (GPT2LMHeadModel), ") and line.endswith(" s") for line in lines)
+    converting = [line for line in lines if "converting" in line]
+    if backend == "ray":
+        assert lines[0] == "starting 2 expert(s) in Ray actors: gpt2-bpe, qwen2-chars"
+        assert converting == [f"expert qwen2-chars: converting {EXPERTS[2].model} once inside its actor first "
+                              "(about a minute on 2 cores; the actor prints nothing until it is ready)"]
+    else:  # in this process the conversion logs itself (experts.embedded)
+        assert converting == []

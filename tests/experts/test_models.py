@@ -468,3 +468,12 @@ def test_real_minilm_encoder():
     assert emb.shape == (3, 384)
     sim = emb @ emb.T
     assert sim[0, 1] > 0.6 and sim[0, 2] < 0.2
+
+
+def test_needs_conversion_only_for_an_embedded_gguf_model_not_yet_in_the_cache(tmp_path, monkeypatch):
+    from experts.models import needs_conversion
+
+    monkeypatch.setenv("MUSKETEERS_CACHE", str(tmp_path))  # an empty cache
+    assert needs_conversion("embedded:smollm2-135m-instruct")
+    assert not needs_conversion("embedded:minilm-l6-v2")  # ships as a model folder
+    assert not needs_conversion("random:llama")

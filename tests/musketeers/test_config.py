@@ -2,7 +2,7 @@
 
 import pytest
 
-from musketeers.config import CONFIG_DIR, ConfigError, load_run_config
+from musketeers.config import CONFIG_DIR, ConfigError, load_run_config, trackers
 
 def test_paper_defaults_are_explicit():
     cfg = load_run_config("arithmetic")
@@ -16,6 +16,8 @@ def test_paper_defaults_are_explicit():
     assert (cfg.task.train_size, cfg.task.validation_size, cfg.task.system_prompt) == (16000, 4000, "DeepSeekZero")
     assert cfg.task.curriculum.enabled is False
     assert load_run_config("gsm8k").training.max_steps == 233
+    assert all(load_run_config(task).training.eval_every == 0 for task in ("arithmetic", "algorithmic", "logic", "gsm8k"))
+    assert (load_run_config("demo").training.eval_every, load_run_config("demo").training.eval_size) == (10, 64)
 
 
 @pytest.mark.parametrize("family,names", [
@@ -94,12 +96,30 @@ BAD = [
     ("arithmetic", ["training.lr_scheduler_type=cosin"], "command line: training.lr_scheduler_type: unknown scheduler 'cosin'; did you mean 'cosine'?"),
     ("arithmetic", ["policy.dtype=fp32"], "command line: policy.dtype: 'fp32' is not valid; did you mean 'float32'?"),
     ("arithmetic", ["policy.dtype=int8"], "command line: policy.dtype: 'int8' is not valid; valid: float32, bfloat16, float16, auto"),
+    ("arithmetic", ["training.eval_every=-1"], "command line: training.eval_every: must not be negative, got -1"),
+    ("arithmetic", ["training.eval_every=5", "training.eval_size=0"], "command line: training.eval_size: must be at least 1, got 0"),
+    ("arithmetic", ["training.eval_every=5", "training.eval_size=100", "task.validation_size=50"],
+     "command line: training.eval_size: reads the first eval_size validation items, but task.validation_size is 50"),
+    ("arithmetic", ["training.report_to=wandbb"],
+     "command line: training.report_to: unknown tracker 'wandbb'; valid: tensorboard, wandb, none (several comma-separated, e.g. tensorboard,wandb)"),
+    ("arithmetic", ["training.report_to=none,tensorboard"],
+     "command line: training.report_to: 'none' cannot be combined with a tracker, got 'none,tensorboard'"),
 ]
 
 
 @pytest.mark.parametrize("task,overrides,expected", BAD)
 def test_bad_config_messages(task, overrides, expected):
     assert _error(task, overrides) == expected
+
+
+def test_report_to_wandb_without_wandb_installed_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    assert _error("arithmetic", ["training.report_to=tensorboard,wandb"]) == \
+        "command line: training.report_to: wandb is not installed: pip install 'musketeers[wandb]' (or wandb)"
+    assert trackers("tensorboard, wandb") == ["tensorboard", "wandb"] and trackers("none") == []
 
 
 def test_errors_name_the_file(tmp_path):

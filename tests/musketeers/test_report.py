@@ -16,8 +16,9 @@ EXPERTS = ("llama-48", "gpt2-64", "qwen2-80")
 
 
 def make_run(root: Path, name: str, method: str, seed: int, rewards: list[float], *, entropy=None, accuracy=None,
-             without_context=None, utilisation=None, overrides=()) -> Path:
-    """A run directory written by hand: config.yaml, metrics.jsonl, optionally final/eval-validation.json."""
+             without_context=None, utilisation=None, evals=None, overrides=()) -> Path:
+    """A run directory written by hand: config.yaml, metrics.jsonl (with eval rows {step: accuracy} as
+    training.eval_every logs them), optionally final/eval-validation.json."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     cfg = load_run_config(TASK, [f"method={method}", f"seed={seed}", f"output_dir={root}", *overrides])
@@ -32,6 +33,8 @@ def make_run(root: Path, name: str, method: str, seed: int, rewards: list[float]
         if without_context is not None and k % 2 == 0:
             row["reward_without_context"] = without_context[k]
         rows.append(row)
+        if evals and k + 1 in evals:
+            rows.append({"step": k + 1, "eval/accuracy": evals[k + 1], "eval/accuracy/chain_sum": evals[k + 1]})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if accuracy is not None:
         (run_dir / "final").mkdir()
@@ -56,7 +59,7 @@ def runs(tmp_path):
     util = [(0.3 + 0.02 * k, 0.4 - 0.02 * k, 0.3) for k in range(10)]
     for seed, acc in ((0, 0.5), (1, 0.6), (2, 0.7)):
         make_run(root, f"p{seed}", "perceiver", seed, [r + seed for r in ramp], entropy=[1.0 - r for r in ramp],
-                 accuracy=acc, utilisation=util, without_context=[r / 2 for r in ramp])
+                 accuracy=acc, utilisation=util, without_context=[r / 2 for r in ramp], evals={5: acc / 2, 10: acc})
     for seed, acc in ((0, 0.2), (1, 0.4)):
         make_run(root, f"s{seed}", "single", seed, [0.0] * 9 + [0.3 + 0.1 * seed], accuracy=acc)
     make_run(root, "p-m2", "perceiver", 0, [1, 2, 3, 4, 5], entropy=[1, 3, 2, 5, 4], accuracy=0.9,
@@ -76,6 +79,7 @@ def test_tables_equal_hand_computed_values(runs, tmp_path):
     # rho: reward up while entropy down = -1 for p0..p2; p-m2: 1 - 6 * 4 / (5 * 24) = 0.8; singles: none
     assert table_row(text, "## Runs", "p0")[-1] == "-1.000" and table_row(text, "## Runs", "p-m2")[-1] == "0.800"
     assert table_row(text, "## Runs", "s0")[-1] == "—"
+    assert table_row(text, "## Runs", "p1")[-2] == "60.00 (step 10)" and table_row(text, "## Runs", "s0")[-2] == "—"
     assert f"over 4 run(s): {(-3 + 0.8) / 4:.3f}" in text
     summary = {Path(r["run"]).name: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())}
     assert summary["p1"]["final_reward"] == pytest.approx(1.9) and summary["p1"]["accuracy"] == 0.6
@@ -102,7 +106,7 @@ def test_without_eval_json_the_report_says_which_number_it_shows(tmp_path):
     text = rp.report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert "Held-out accuracy" not in text and "not accuracy" in text
     assert table_row(text, "Training reward", "single") == ["35.00 ± 21.21"]  # last steps 0.2, 0.5
-    for kind in ("utilisation", "utilisation_change", "reward_without_context", "accuracy_vs_queries"):
+    for kind in ("utilisation", "utilisation_change", "reward_without_context", "eval_accuracy", "accuracy_vs_queries"):
         assert f"skipped: {kind}-tiny.png" in text and not (tmp_path / "out" / f"{kind}-tiny.png").exists()
     assert (tmp_path / "out" / "reward_entropy-tiny.png").exists()
 

@@ -56,6 +56,7 @@ def test_overridden_trl_methods_keep_their_signatures():
         "_save_checkpoint": ["self", "model", "trial"],
         "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
         "create_optimizer": ["self", "model"],
+        "evaluate": ["self", "eval_dataset", "ignore_keys", "metric_key_prefix"],
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
@@ -304,11 +305,12 @@ class StopAfter:
 def deterministic(row):
     """Metrics that must not depend on the interruption: all but wall times and expert-cache
     counters (the in-memory cache starts empty in the resumed process; team.cache_dir keeps it)."""
-    return {k: v for k, v in row.items() if not k.startswith(("time/", "experts/")) and k != "step_time"}
+    return {k: v for k, v in row.items() if not k.startswith(("time/", "experts/")) and k not in ("step_time", "eval/runtime")}
 
 
 def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, dense_reward, monkeypatch):
-    cfg = ["training.max_steps=4", "training.save_steps=2", "training.gradient_accumulation_steps=1"]
+    cfg = ["training.max_steps=4", "training.save_steps=2", "training.gradient_accumulation_steps=1",
+           "training.eval_every=2", "training.eval_size=4"]  # held-out accuracy rows resume too
     straight = train(tiny_config(tmp_path / "a", *cfg))
 
     original = train_module.build_trainer
@@ -316,14 +318,14 @@ def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, dense_reward, 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tmp_path / "b", *cfg))
     interrupted = next((tmp_path / "b").iterdir())
-    assert [r["step"] for r in read_metrics(interrupted)] == [1, 2]
+    assert [r["step"] for r in read_metrics(interrupted)] == [1, 2, 2]  # step 2 and its evaluation
     monkeypatch.setattr(train_module, "build_trainer", original)
     train(resume=interrupted)
 
     a, b = read_metrics(straight), read_metrics(interrupted)
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [(r["step"], "eval/accuracy" in r) for r in b] == [(1, False), (2, False), (2, True), (3, False), (4, False), (4, True)]
     assert [deterministic(r) for r in a] == [deterministic(r) for r in b]
-    assert all(r["reward_std"] > 0 for r in a)  # the runs really learned something
+    assert all(r["reward_std"] > 0 for r in a if "reward" in r)  # the runs really learned something
 
 
 @pytest.mark.parametrize("method", ["perceiver", "ffn", "hard_routing", "text_hints", "single"])
@@ -332,7 +334,7 @@ def test_every_method_trains_two_steps(tmp_path, dense_reward, method):
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoint-2").is_dir()
-    assert any((run_dir / "tensorboard").iterdir())
+    assert any((run_dir / "tensorboard").iterdir()) and (run_dir / "curves.png").stat().st_size > 10_000
     if method == "perceiver":
         assert {"routing/entropy", "routing/utilisation/llama-48", "time/experts", "time/generation"} <= set(rows[0])
         assert (run_dir / "checkpoint-2" / "context_adapter.safetensors").is_file()
@@ -341,6 +343,53 @@ def test_every_method_trains_two_steps(tmp_path, dense_reward, method):
         assert abs(sum(freqs) - 1) < 1e-6
     if method == "single":
         assert "time/experts" in rows[0] and not any(k.startswith("routing/") for k in rows[0])
+
+
+def test_a_run_prints_phase_lines_and_one_line_per_step_without_raw_dicts_or_deprecations(tmp_path, dense_reward, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_dir = train(tiny_config(tmp_path))
+    out, err = capsys.readouterr()
+    steps = [line for line in out.splitlines() if "] step " in line]
+    rows = read_metrics(run_dir)
+    assert [line.split("] ", 1)[1].split("  reward")[0] for line in steps] == ["step 1/2", "step 2/2"]
+    assert f"reward {rows[0]['reward']:.3f}  accuracy {rows[0]['accuracy']:.3f}" in steps[0]
+    for phase in ("] loaded policy random:llama:hidden_size=64: llama", "] expert llama-48 ready: llama", "] expert qwen2-80 ready",
+                  "] method perceiver: trainable parameters: LoRA 3,584, adapter g_phi 12,480", "] training: 2 steps of 4 prompts x 2",
+                  "] trained to step 2 in ", f"curves: {run_dir / 'curves.png'}"):
+        assert phase in out, phase
+    assert "{'loss'" not in out + err and "it/s]" not in err  # neither TRL's dicts nor its progress bar
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], [str(w.message) for w in caught]
+    assert (run_dir / "curves.png").is_file()
+
+
+TWO_DATASETS = ('task.datasets=[{name: chain_sum, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}},'
+                ' {name: basic_arithmetic, config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}]')
+
+
+def test_held_out_accuracy_during_training_is_musketeers_eval_of_that_steps_checkpoint(tmp_path, dense_reward, monkeypatch):
+    """training.eval_every=k: eval/accuracy (overall and per dataset) at step k is exactly what `musketeers eval
+    --limit eval_size` gives for checkpoint-k, and evaluating leaves training's own numbers unchanged."""
+    from musketeers.evaluate import evaluate
+
+    # tiny random models never answer right: both paths score completions with the same dense stand-in
+    monkeypatch.setattr("rewards.score_completion", lambda completion, *a, **k: digit_reward(None, [completion])[0])
+    common = ["training.max_steps=3", "training.gradient_accumulation_steps=1", "training.learning_rate=0.05", TWO_DATASETS]
+    run_dir = train(tiny_config(tmp_path / "eval", "training.eval_every=2", "training.eval_size=6", *common))
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 3]  # every 2 steps, and at the last one
+    for row in evals:
+        result = evaluate(run_dir / f"checkpoint-{row['step']}", limit=6, progress=False)
+        assert result["n"] == 6 and row["eval/accuracy"] == result["accuracy"] > 0
+        assert {k: v for k, v in row.items() if k.startswith("eval/accuracy/")} == \
+            {f"eval/accuracy/{name}": d["accuracy"] for name, d in result["per_dataset"].items()}
+        assert len(result["per_dataset"]) == 2
+    assert evals[0]["eval/accuracy"] != evals[1]["eval/accuracy"]  # a large lr: checkpoints 2 and 3 differ, so the steps match
+    plain = read_metrics(train(tiny_config(tmp_path / "plain", *common)))
+    assert [deterministic(r) for r in plain] == [deterministic(r) for r in rows if "reward" in r]
 
 
 def test_reward_without_context_is_logged_every_k_steps(tmp_path, dense_reward):
