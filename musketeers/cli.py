@@ -96,6 +96,8 @@ def cmd_experts_precompute(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from musketeers.train import train
 
+    if args.task is not None and "=" in args.task:  # `musketeers train key=value ...`: the demo, overridden
+        args.task, args.overrides = None, [args.task, *args.overrides]
     if args.resume:
         if args.task or args.overrides:
             raise UsageError("--resume continues a run with its own config: give no task or overrides with it")

@@ -85,3 +85,12 @@ def test_experts_precompute_needs_a_cache_dir_and_fills_it(capsys, tmp_path):
     assert code == 0 and stats["models_loaded"] == 3 and stats["llama-48"]["forwards"] == stats["llama-48"]["cached"] > 0
     code, out, _ = run(capsys, "experts", "precompute", task, f"team.cache_dir={tmp_path}")
     assert code == 0 and yaml.safe_load(out)["models_loaded"] == 0  # everything on disk: no expert loads
+
+
+def test_train_without_a_task_takes_overrides_for_the_demo(monkeypatch):
+    import musketeers.train
+
+    seen = []
+    monkeypatch.setattr(musketeers.train, "train", lambda cfg: seen.append(cfg))
+    main(["train", "training.max_steps=3", "seed=2"])
+    assert seen[0].task.name == "demo" and seen[0].training.max_steps == 3 and seen[0].seed == 2
