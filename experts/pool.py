@@ -80,7 +80,10 @@ class ExpertPool:
     """A team's experts: pooled hidden states (cached), hard-routed single experts, text hints.
     Every expert reads `system_prompt` (the task's system prompt text; None: none) before a question."""
 
-    def __init__(self, team: TeamConfig, system_prompt: str | None, seed: int = 0, backend: str | None = None):
+    def __init__(self, team: TeamConfig, system_prompt: str | None, seed: int = 0, backend: str | None = None,
+                 wait: bool = True):
+        """wait=False: Ray experts go on loading in their actors after this returns (the caller can load
+        its policy meanwhile); the first call that needs them, or ready(), waits."""
         self.team, self.system_prompt, self.seed = team, system_prompt, seed
         self.backend = backend or team.backend
         if self.backend not in BACKENDS:
@@ -92,6 +95,7 @@ class ExpertPool:
         self.infos: list[dict] = [{} for _ in range(n)]
         self.loads = 0  # expert models loaded by this pool
         self._owns_ray = self._closed = False
+        self._loading: dict = {}  # Ray object ref of an actor's info() -> expert index, until it is ready
         try:
             self._caches = [StateCache(self._disk_cache(e)) for e in team.experts]
             # an expert whose states are on disk loads only when a prompt misses its cache
@@ -100,6 +104,8 @@ class ExpertPool:
                 self.infos[i] = {"name": team.experts[i].name, "model": team.experts[i].model, "hidden_size": width}
                 log.info("expert %s: pooled states on disk (team.cache_dir); its model loads only on a miss", team.experts[i].name)
             self._start([i for i in range(n) if i not in cached])
+            if wait:
+                self.ready()
         except BaseException:
             self.shutdown()
             raise
@@ -125,20 +131,26 @@ class ExpertPool:
         self._check_resources(experts)
         log.info("starting %d expert(s) in Ray actors: %s", len(experts), ", ".join(e.name for e in experts))
         actor = ray.remote(RayExpertWorker)
-        pending = {}
         for i, e in zip(indices, experts):
             threads = max(1, int(e.num_cpus))
             options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "resources": e.resources, "max_restarts": MAX_RESTARTS,
                        "max_task_retries": MAX_TASK_RETRIES,
                        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
             self.workers[i] = actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads)
-            pending[self.workers[i].info.remote()] = i  # all experts load concurrently
+            self._loading[self.workers[i].info.remote()] = i  # all experts load concurrently
             if needs_conversion(e.model):  # else a minute of silence: the actor's own lines stay in the actor
                 log.info("expert %s: converting %s once inside its actor first (about a minute on 2 cores; "
                          "the actor prints nothing until it is ready)", e.name, e.model)
-        while pending:  # in the order they become ready
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ref)
+
+    def ready(self) -> None:
+        """Wait until every expert started is loaded (in the order they become ready); at once when none is loading."""
+        if not self._loading:
+            return
+        import ray
+
+        while self._loading:
+            (ref,), _ = ray.wait(list(self._loading), num_returns=1)
+            i = self._loading.pop(ref)
             self._ready(i, self._loaded(self.team.experts[i], ref))
 
     def _ready(self, index: int, info: dict) -> None:
@@ -231,6 +243,7 @@ class ExpertPool:
             raise RuntimeError("the expert pool has been shut down")
         if self.workers[index] is None:  # its states were on disk until now
             self._start([index])
+        self.ready()
         worker = self.workers[index]
         if self.backend == "ray":
             return getattr(worker, method).remote(*args)
@@ -251,6 +264,7 @@ class ExpertPool:
 
     @property
     def hidden_sizes(self) -> list[int]:
+        self.ready()
         return [info["hidden_size"] for info in self.infos]
 
     @property

@@ -98,17 +98,27 @@ class Conditioner:
         return {}
 
 
-def build_conditioner(cfg: RunConfig, policy_dim: int, tokenizer, device: str | torch.device = "cpu") -> Conditioner:
-    """Expert pool, adapter g_phi and router encoder for the configured method (policy_dim: the
-    policy's embedding size, the width of C)."""
+def start_experts(cfg: RunConfig):
+    """The run's expert pool (None for methods without experts), its Ray experts still loading in their
+    actors when this returns, so that the caller can load the policy meanwhile."""
+    if not METHODS[cfg.method].experts:
+        return None
+    from experts.pool import ExpertPool
+    from musketeers.data import system_prompt
+
+    return ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed, wait=False)
+
+
+def build_conditioner(cfg: RunConfig, policy_dim: int, tokenizer, device: str | torch.device = "cpu",
+                      pool=None) -> Conditioner:
+    """Expert pool (`pool`, from start_experts, else started here), adapter g_phi and router encoder for
+    the configured method (policy_dim: the policy's embedding size, the width of C)."""
     method = METHODS[cfg.method]
     if not method.experts:
         return Conditioner(cfg, tokenizer=tokenizer)
     from experts.models import load_model
-    from experts.pool import ExpertPool
-    from musketeers.data import system_prompt
 
-    pool = ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed)
+    pool = pool or start_experts(cfg)
     encoder = None
     if method.encoder:
         encoder = SentenceEncoder(*load_model(cfg.adapter.router_encoder, causal_lm=False, device=device))

@@ -14,7 +14,7 @@ from transformers import TrainerCallback, set_seed
 
 from experts.models import load_model
 from musketeers.adapters import count_trainable
-from musketeers.conditioning import build_conditioner
+from musketeers.conditioning import build_conditioner, start_experts
 from musketeers.config import ConfigError, RunConfig
 from musketeers.console import StepPrinter, run_output
 from musketeers.curves import plot_run_curves
@@ -166,9 +166,15 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
     from rewards import make_reward_functions
 
     set_seed(cfg.seed)
-    policy, tokenizer, lora_config = build_policy(cfg)
-    embeddings = policy.get_input_embeddings().weight
-    conditioner = build_conditioner(cfg, embeddings.shape[1], tokenizer, embeddings.device)
+    pool = start_experts(cfg)  # Ray experts load (and convert) in their actors while the policy loads here
+    try:
+        policy, tokenizer, lora_config = build_policy(cfg)
+        embeddings = policy.get_input_embeddings().weight
+        conditioner = build_conditioner(cfg, embeddings.shape[1], tokenizer, embeddings.device, pool)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown()
+        raise
     reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
     dataset = prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task)
     held_out = HeldOut(cfg) if cfg.training.eval_every else None
