@@ -341,7 +341,7 @@ def ensure_embedded(name: str) -> Path:
             out, scratch = work / "model", work / "scratch"
             out.mkdir()
             scratch.mkdir()
-            log.info("converting %s once into %s (about a minute on 2 cores)", spec.ref, final)
+            log.info("converting %s once into %s (under a minute on 2 cores)", spec.ref, final)
             start = time.time()
             try:
                 CONVERTERS[spec.source](spec, out, scratch)
@@ -365,7 +365,7 @@ def ensure_embedded(name: str) -> Path:
 
 
 def needs_conversion(name: str) -> bool:
-    """True when loading embedded model `name` converts it first (about a minute on 2 cores); False when
+    """True when loading embedded model `name` converts it first (under a minute on 2 cores); False when
     it is converted already, ships as a folder, or cannot load at all (the load then says why)."""
     spec = embedded_spec(name)
     if spec.source == "folder":

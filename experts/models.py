@@ -228,7 +228,7 @@ def model_identity(ref: str) -> str:
 
 
 def needs_conversion(ref: str) -> bool:
-    """True when loading `ref` first converts an embedded model into the cache (about a minute on 2 cores)."""
+    """True when loading `ref` first converts an embedded model into the cache (under a minute on 2 cores)."""
     parsed = parse_model_ref(ref)
     return parsed.kind == "embedded" and _embedded_needs_conversion(parsed.name)
 

@@ -139,7 +139,7 @@ class ExpertPool:
             self.workers[i] = actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads)
             self._loading[self.workers[i].info.remote()] = i  # all experts load concurrently
             if needs_conversion(e.model):  # else a minute of silence: the actor's own lines stay in the actor
-                log.info("expert %s: converting %s once inside its actor first (about a minute on 2 cores; "
+                log.info("expert %s: converting %s once inside its actor first (under a minute on 2 cores; "
                          "the actor prints nothing until it is ready)", e.name, e.model)
 
     def ready(self) -> None:

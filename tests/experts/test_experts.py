@@ -395,6 +395,6 @@ def test_the_pool_logs_each_expert_ready_and_a_conversion_in_an_actor_before_it_
     if backend == "ray":
         assert lines[0] == "starting 2 expert(s) in Ray actors: gpt2-bpe, qwen2-chars"
         assert converting == [f"expert qwen2-chars: converting {EXPERTS[2].model} once inside its actor first "
-                              "(about a minute on 2 cores; the actor prints nothing until it is ready)"]
+                              "(under a minute on 2 cores; the actor prints nothing until it is ready)"]
     else:  # in this process the conversion logs itself (experts.embedded)
         assert converting == []
