@@ -66,7 +66,8 @@ from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS
 from musketeers.rundir import (CONFIG_FILE, SWEEP_FILE, attempts_path, checkpoint_step, eval_path,
                                final_or_last_checkpoint, is_finished, is_run_dir, last_checkpoint, log_path, mark_done,
-                               read_config, read_metrics, run_name)
+                               read_config, run_name)
+from musketeers.sweep_table import Display, RunStatus
 
 BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
 TOP_KEYS = (*BLOCK_KEYS, "output_dir", "grid", "eval", "resources", "max_retries")
@@ -75,7 +76,6 @@ RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom")
 DEFAULT_RESOURCES = {"num_cpus": 1.0, "num_gpus": "auto", "custom": {}}
 DEFAULT_RETRIES = 3
 POLL_S = 2.0
-TABLE_EVERY_S = 60.0  # without a terminal, the table is printed when a run changes state, else this often
 
 
 class SweepError(MusketeersError, ValueError):
@@ -331,73 +331,6 @@ def check_fits(jobs: list[Job], demands: dict[str, tuple[dict, dict | None]], no
                                            and k not in ("memory", "object_store_memory")) for n in nodes)
                 raise SweepError(f"{job.name}: {who} asks for {want} and no node of the Ray cluster has that "
                                  f"(nodes: {have or 'none'}); change resources in the sweep file or the team file")
-
-
-# ----------------------------------------------------------------------------- the live table
-
-
-@dataclass
-class RunStatus:
-    job: Job
-    state: str = "queued"  # queued | running | finished | failed | skipped | conflict
-    node: str = ""
-    attempts: int = 0
-    step: int | None = None
-    reward: float | None = None
-    started: float | None = None
-    seconds: float | None = None
-    error: str = ""
-
-    def refresh(self, sweep_id: str) -> None:
-        """Node and attempt from the run's own record; step and reward from its metrics."""
-        if self.state not in ("queued", "running"):
-            return
-        path = attempts_path(self.job.run_dir)
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        mine = [r for r in rows if r.get("sweep") == sweep_id]
-        if mine:
-            self.state, self.attempts = "running", len(mine)
-            self.node, self.started = f"{mine[-1]['hostname']} {mine[-1]['node_id'][:8]}", self.started or mine[0]["started"]
-        self.refresh_metrics()
-
-    def refresh_metrics(self) -> None:
-        metrics = read_metrics(self.job.run_dir) if is_run_dir(self.job.run_dir) else []
-        if metrics:
-            self.step, self.reward = metrics[-1]["step"], metrics[-1].get("reward")
-
-
-def render_table(statuses: list[RunStatus]) -> str:
-    """One line per run: name, state (attempt), node, step / max steps, last reward, wall time."""
-    width = max([len(s.job.name) for s in statuses] + [3])
-    lines = [f"{'run':<{width}}  {'state':<12} {'node':<24} {'step':>9}  {'reward':>6}  {'time':>6}"]
-    for s in statuses:
-        label = s.state + (f" #{s.attempts}" if s.attempts > 1 else "")
-        steps = f"{s.step if s.step is not None else '-'}/{s.job.config['training']['max_steps']}"
-        reward = f"{s.reward:.3f}" if s.reward is not None else "-"
-        seconds = s.seconds if s.seconds is not None else (time.time() - s.started if s.started else None)
-        clock = f"{seconds / 60:.1f}m" if seconds is not None else "-"
-        lines.append(f"{s.job.name:<{width}}  {label:<12} {s.node or '-':<24} {steps:>9}  {reward:>6}  {clock:>6}")
-    counts = {k: sum(s.state == k for s in statuses) for k in ("queued", "running", "finished", "failed", "skipped")}
-    lines.append(", ".join(f"{n} {k}" for k, n in counts.items() if n))
-    return "\n".join(lines)
-
-
-class Display:
-    """The table, redrawn in place on a terminal; elsewhere printed on a change of state, or every minute."""
-
-    def __init__(self):
-        self.tty, self.height, self.last_key, self.last_time = sys.stdout.isatty(), 0, None, 0.0
-
-    def show(self, statuses: list[RunStatus]) -> None:
-        key = [(s.state, s.node, s.attempts) for s in statuses]
-        now = time.monotonic()
-        if not (self.tty or key != self.last_key or now - self.last_time > TABLE_EVERY_S):
-            return
-        text = render_table(statuses)
-        if self.tty and self.height:
-            sys.stdout.write(f"\x1b[{self.height}F\x1b[J")
-        print(text, flush=True)
-        self.height, self.last_key, self.last_time = text.count("\n") + 1, key, now
 
 
 # ----------------------------------------------------------------------------- Ray

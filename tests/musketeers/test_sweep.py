@@ -97,17 +97,6 @@ def test_a_run_no_node_can_hold_fails_before_anything_starts():
         sweep.check_fits([job], demands, [{"CPU": 4.0}])
 
 
-def test_the_table_shows_state_node_step_and_reward():
-    jobs = [sweep.Job(n, Path(n), TASK, [], {"training": {"max_steps": 500}}) for n in ("a-run", "b")]
-    rows = [sweep.RunStatus(jobs[0], "running", "gpu-node-3 0123abcd", attempts=2, step=120, reward=0.4125, seconds=90.0),
-            sweep.RunStatus(jobs[1])]
-    assert sweep.render_table(rows).splitlines() == [
-        "run    state        node                          step  reward    time",
-        "a-run  running #2   gpu-node-3 0123abcd        120/500   0.412    1.5m",
-        "b      queued       -                            -/500       -       -",
-        "1 queued, 1 running"]
-
-
 # ----------------------------------------------------------------------------- on a simulated cluster
 
 

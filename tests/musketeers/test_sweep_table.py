@@ -1,0 +1,18 @@
+"""musketeers.sweep_table: the live table of a sweep, line by line."""
+from pathlib import Path
+
+from musketeers.sweep import Job
+from musketeers.sweep_table import RunStatus, render_table
+
+TASK = "tiny.yaml"
+
+
+def test_the_table_shows_state_node_step_and_reward():
+    jobs = [Job(n, Path(n), TASK, [], {"training": {"max_steps": 500}}) for n in ("a-run", "b")]
+    rows = [RunStatus(jobs[0], "running", "gpu-node-3 0123abcd", attempts=2, step=120, reward=0.4125, seconds=90.0),
+            RunStatus(jobs[1])]
+    assert render_table(rows).splitlines() == [
+        "run    state        node                          step  reward    time",
+        "a-run  running #2   gpu-node-3 0123abcd        120/500   0.412    1.5m",
+        "b      queued       -                            -/500       -       -",
+        "1 queued, 1 running"]
