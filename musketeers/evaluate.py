@@ -399,8 +399,11 @@ def sampling_from_args(args: argparse.Namespace) -> Sampling | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    result = evaluate(args.path, split=args.split, limit=args.limit, batch_size=args.batch_size, baseline=args.baseline,
-                      sampling=sampling_from_args(args))
+    from musketeers.console import run_output
+
+    with run_output():  # the phase lines of loading (policy, experts), as `musketeers train` prints them
+        result = evaluate(args.path, split=args.split, limit=args.limit, batch_size=args.batch_size,
+                          baseline=args.baseline, sampling=sampling_from_args(args))
     print(format_result(result))
     print(f"wrote {result['path']}")
 

@@ -258,6 +258,7 @@ def test_sampled_eval_end_to_end_from_the_command_line(trained, capsys):
     main(argv)
     out = capsys.readouterr().out
     assert "4 samples per item at temperature 1.5, top-p 0.9" in out and "| **all** | 3 |" in out
+    assert "] expert llama-48 ready:" in out  # the phase lines of loading, as `musketeers train` prints them
     path = run_dir / "final" / "eval-validation-sampled-k4-t1.5-p0.9.json"
     first = json.loads(path.read_text())
     assert first["n"] == 3 and 0.0 <= first["mean@k"] <= first["pass@k"] <= 1.0
