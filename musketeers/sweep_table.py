@@ -58,7 +58,8 @@ def render_table(statuses: list[RunStatus]) -> str:
         steps = f"{s.step if s.step is not None else '-'}/{s.job.config['training']['max_steps']}"
         reward = f"{s.reward:.3f}" if s.reward is not None else "-"
         seconds = s.seconds if s.seconds is not None else (time.time() - s.started if s.started else None)
-        clock = f"{seconds / 60:.1f}m" if seconds is not None else "-"
+        clock = "-" if seconds is None else f"{seconds:.0f}s" if seconds < 60 else (
+            f"{seconds / 60:.1f}m" if seconds < 3600 else f"{seconds / 3600:.1f}h")
         lines.append(f"{s.job.name:<{width}}  {label:<12} {s.node or '-':<24} {steps:>9}  {reward:>6}  {clock:>6}")
     counts = {k: sum(s.state == k for s in statuses) for k in ("queued", "running", "finished", "failed", "skipped")}
     lines.append(", ".join(f"{n} {k}" for k, n in counts.items() if n))

@@ -10,9 +10,13 @@ TASK = "tiny.yaml"
 def test_the_table_shows_state_node_step_and_reward():
     jobs = [Job(n, Path(n), TASK, [], {"training": {"max_steps": 500}}) for n in ("a-run", "b")]
     rows = [RunStatus(jobs[0], "running", "gpu-node-3 0123abcd", attempts=2, step=120, reward=0.4125, seconds=90.0),
+            RunStatus(jobs[1], "finished", "gpu-node-1 89abcdef", step=500, reward=0.5, seconds=7300.0),
+            RunStatus(jobs[1], "running", "gpu-node-1 89abcdef", step=None, reward=None, seconds=12.0),
             RunStatus(jobs[1])]
     assert render_table(rows).splitlines() == [
         "run    state        node                          step  reward    time",
         "a-run  running #2   gpu-node-3 0123abcd        120/500   0.412    1.5m",
+        "b      finished     gpu-node-1 89abcdef        500/500   0.500    2.0h",
+        "b      running      gpu-node-1 89abcdef          -/500       -     12s",
         "b      queued       -                            -/500       -       -",
-        "1 queued, 1 running"]
+        "1 queued, 2 running, 1 finished"]
