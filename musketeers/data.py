@@ -185,19 +185,24 @@ def _gsm8k_rows(task: TaskConfig, split: str) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- splits
 
 
+def check_split(task: TaskConfig, split: str) -> None:
+    """A ConfigError unless the task has this split (without loading anything)."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if split == "test" and task.source != "gsm8k":
+        raise ConfigError(f"task {task.name!r} has no test split; Reasoning Gym families use: train, validation")
+
+
 def load_split(task: TaskConfig, split: str) -> Sequence[dict[str, Any]]:
     """Rows of a task's split. Reasoning Gym: train | validation; GSM8K: train | test (the
     official test split is also returned for "validation", where GSM8K has no other)."""
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    check_split(task, split)
     if task.source == "gsm8k":
         test = _gsm8k_rows(task, "test")
         if split in ("test", "validation"):
             return test
         held_out = {question_key(r["question"]) for r in test}
         return [r for r in _gsm8k_rows(task, "train") if question_key(r["question"]) not in held_out]
-    if split == "test":
-        raise ConfigError(f"task {task.name!r} has no test split; Reasoning Gym families use: train, validation")
     validation = ValidationSplit(task)
     return validation if split == "validation" else TrainSplit(task, validation)
 

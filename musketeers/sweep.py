@@ -62,6 +62,7 @@ from pathlib import Path
 import yaml
 
 from musketeers.config import load_run_config
+from musketeers.data import check_split
 from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS
 from musketeers.rundir import (CONFIG_FILE, SWEEP_FILE, attempts_path, checkpoint_step, eval_path,
@@ -131,6 +132,20 @@ def read_resources(data: dict, where: str) -> dict:
     return out
 
 
+def _check_eval(opts, where: str) -> None:
+    if opts is None:
+        return
+    if not isinstance(opts, dict):
+        raise SweepError(f"{where}: expected a mapping of {', '.join(EVAL_KEYS)}, got {opts!r}")
+    _check_keys(opts, EVAL_KEYS, where)
+    if opts.get("split") not in (None, "validation", "test"):
+        raise SweepError(f"{where}.split: {opts['split']!r} is not valid; valid: validation, test (or leave it out)")
+    for key in ("limit", "batch_size"):
+        value = opts.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SweepError(f"{where}.{key}: expected an integer >= 1, got {value!r}")
+
+
 def read_sweep(path: Path) -> dict:
     """The sweep file as a mapping, its keys checked."""
     if not path.is_file():
@@ -141,7 +156,7 @@ def read_sweep(path: Path) -> dict:
     _check_keys(data, TOP_KEYS, str(path))
     for i, block in enumerate(data.get("grid") or []):
         _check_keys(block, BLOCK_KEYS, f"{path}: grid[{i}]")
-    _check_keys(data.get("eval") or {}, EVAL_KEYS, f"{path}: eval")
+    _check_eval(data.get("eval"), f"{path}: eval")
     read_resources(data, str(path))
     retries = data.get("max_retries", DEFAULT_RETRIES)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -160,6 +175,8 @@ def _block_jobs(block: dict, out: Path, source: str) -> list[Job]:
                      f"method={method}", *([f"team={team}"] if team else []), f"seed={seed}", f"output_dir={out}",
                      *(f"{k}={json.dumps(v)}" for k, v in variant)]
         cfg = load_run_config(str(task), overrides)
+        if (block.get("eval") or {}).get("split"):  # a split the task lacks fails now, not after training
+            check_split(cfg.task, block["eval"]["split"])
         suffix = "".join(f"-{k.split('.')[-1]}{v}" for k, v in variant)
         name = run_name(cfg, suffix)
         jobs.append(Job(name, out / name, str(task), overrides, cfg.to_dict()))
@@ -169,7 +186,7 @@ def _block_jobs(block: dict, out: Path, source: str) -> list[Job]:
 def plan(sweep: dict, source: str) -> list[Job]:
     """Every run of the sweep, once each (`single` runs once whatever the teams), configs validated."""
     out = Path(sweep.get("output_dir", "runs/sweep"))
-    top = {k: v for k, v in sweep.items() if k in BLOCK_KEYS}
+    top = {k: v for k, v in sweep.items() if k in (*BLOCK_KEYS, "eval")}
     blocks = [{**top, **b} for b in sweep.get("grid") or [{}]]
     jobs = {}
     for i, block in enumerate(blocks):

@@ -13,7 +13,7 @@ import yaml
 
 from musketeers import sweep
 from musketeers import train as train_module
-from musketeers.config import load_run_config
+from musketeers.config import ConfigError, load_run_config
 from musketeers.rundir import attempts_path, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +56,11 @@ def test_bad_sweep_files_fail_in_one_line(tmp_path, capsys):
         sweep.read_sweep(write_sweep(tmp_path / "c.yaml", tasks=[TASK], methods=["single"], seeds=[0], resources={"gpus": 1}))
     with pytest.raises(sweep.SweepError, match="resources.num_gpus: expected a number >= 0 or auto, got 'all'"):
         sweep.read_sweep(write_sweep(tmp_path / "d.yaml", tasks=[TASK], methods=["single"], seeds=[0], resources={"num_gpus": "all"}))
+    with pytest.raises(sweep.SweepError, match=r"eval.limit: expected an integer >= 1, got 0"):
+        sweep.read_sweep(write_sweep(tmp_path / "e.yaml", tasks=[TASK], methods=["single"], seeds=[0], eval={"limit": 0}))
+    with pytest.raises(ConfigError, match="task 'tiny' has no test split"):  # before any run trains
+        sweep.plan(sweep.read_sweep(write_sweep(tmp_path / "f.yaml", tasks=[TASK], methods=["single"], seeds=[0],
+                                                eval={"split": "test"})), "f.yaml")
     with pytest.raises(SystemExit) as info:
         main(["sweep", str(tmp_path / "missing.yaml")])
     assert info.value.code == 2 and "does not exist" in capsys.readouterr().err
