@@ -361,7 +361,13 @@ def connect(address: str | None, jobs: list[Job], resources: dict) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as e:  # noqa: BLE001 - ConnectionError, ValueError, ... from Ray: one line for the user
+            text = " ".join(str(e).split())[:200]
+            raise SweepError(f"--address {address!r}: no Ray cluster to join there ({type(e).__name__}: {text}); "
+                             "start one with `ray start --head`, or leave --address out for a local Ray") from None
         return True
     import musketeers
 
@@ -371,6 +377,18 @@ def connect(address: str | None, jobs: list[Job], resources: dict) -> bool:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20,
              runtime_env={"env_vars": env})
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """host:port (or ray://host:port) answers a TCP connection: Ray itself retries a wrong one for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return  # `auto` (or a form Ray reads itself): ray.init says at once when there is none
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SweepError(f"--address {address!r}: nothing answers at {host}:{port} ({e.strerror or e}); start a "
+                         "cluster with `ray start --head`, or leave --address out for a local Ray") from None
 
 
 def _place(bundle: dict | None):

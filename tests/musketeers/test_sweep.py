@@ -61,6 +61,13 @@ def test_bad_sweep_files_fail_in_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="task 'tiny' has no test split"):  # before any run trains
         sweep.plan(sweep.read_sweep(write_sweep(tmp_path / "f.yaml", tasks=[TASK], methods=["single"], seeds=[0],
                                                 eval={"split": "test"})), "f.yaml")
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(sweep.SweepError, match=f"--address 'ray://127.0.0.1:{port}': nothing answers"):
+        sweep._check_reachable(f"ray://127.0.0.1:{port}")
     with pytest.raises(SystemExit) as info:
         main(["sweep", str(tmp_path / "missing.yaml")])
     assert info.value.code == 2 and "does not exist" in capsys.readouterr().err
