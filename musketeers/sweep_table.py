@@ -44,9 +44,11 @@ class RunStatus:
         self.refresh_metrics()
 
     def refresh_metrics(self) -> None:
+        """The last training row's step and reward (eval rows, training.eval_every, carry no reward)."""
         metrics = read_metrics(self.job.run_dir) if is_run_dir(self.job.run_dir) else []
-        if metrics:
-            self.step, self.reward = metrics[-1]["step"], metrics[-1].get("reward")
+        trained = [row for row in metrics if "reward" in row]
+        if trained:
+            self.step, self.reward = trained[-1]["step"], trained[-1]["reward"]
 
 
 def render_table(statuses: list[RunStatus]) -> str:

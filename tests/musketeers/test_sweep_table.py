@@ -20,3 +20,16 @@ def test_the_table_shows_state_node_step_and_reward():
         "b      running      gpu-node-1 89abcdef          -/500       -     12s",
         "b      queued       -                            -/500       -       -",
         "1 queued, 2 running, 1 finished"]
+
+
+def test_step_and_reward_come_from_the_last_training_row_not_an_eval_row(tmp_path):
+    import json
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("{}")
+    rows = [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.3}, {"step": 2, "eval/accuracy": 0.5}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    status = RunStatus(Job("r", run_dir, TASK, [], {"training": {"max_steps": 2}}))
+    status.refresh_metrics()
+    assert (status.step, status.reward) == (2, 0.3)
