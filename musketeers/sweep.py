@@ -463,7 +463,9 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
     """Submit every run as a Ray task and follow them to the end, showing the live table."""
     import ray
 
-    remote, pending, groups = ray.remote(run_on_node), {}, []
+    from ray.util.placement_group import remove_placement_group
+
+    remote, pending, groups = ray.remote(run_on_node), {}, {}
     for job in todo:
         task, bundle = demands[job.name]
         group, strategy = _place(bundle)
@@ -472,9 +474,10 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
                    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
         if strategy is not None:
             options["scheduling_strategy"] = strategy
-            groups.append(group)
         ref = remote.options(**options).remote(str(job.run_dir), job.task, job.overrides, eval_opts, sweep_id, threads)
         pending[ref] = job.name
+        if group is not None:
+            groups[ref] = group
     display, shown = Display(), list(statuses.values())
     try:
         while pending:
@@ -483,15 +486,15 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
                 status.refresh(sweep_id)
             for ref in ready:
                 _finish(statuses[pending.pop(ref)], ref, retries)
+                if ref in groups:  # its bundle is free for the runs still queued
+                    remove_placement_group(groups.pop(ref))
             display.show(shown)
     except BaseException:  # Ctrl-C or a kill of the sweep: stop its runs too (rerun the sweep to resume them)
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
     finally:
-        from ray.util.placement_group import remove_placement_group
-
-        for group in groups:
+        for group in groups.values():
             remove_placement_group(group)
 
 

@@ -309,6 +309,21 @@ def test_together_places_a_runs_expert_actors_in_its_own_bundle_on_its_node(clus
 
 
 @pytest.mark.slow
+def test_runs_whose_experts_go_together_queue_for_a_bundle_and_all_finish(cluster, tmp_path):
+    """Three runs, each a one-CPU bundle (policy 0.25 + three experts 0.25) on two one-CPU nodes: the
+    third waits for a finished run's bundle. The states are on disk (precomputed), so no actor starts."""
+    team = yaml.safe_load((REPO / "tests" / "fixtures" / "team_tiny.yaml").read_text())
+    team["team"].update(backend="ray", placement="together", cache_dir=str(tmp_path / "states"))
+    for expert in team["team"]["experts"]:
+        expert["num_cpus"] = 0.25
+    (tmp_path / "team.yaml").write_text(yaml.safe_dump(team))
+    file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["perceiver"],
+                       teams=[str(tmp_path / "team.yaml")], seeds=[0, 1, 2], overrides=TINY,
+                       resources={"num_cpus": 0.25, "custom": {"node_a": 0.01}})  # all three on node_a
+    assert set(sweep.sweep(file).values()) == {"ok"}
+
+
+@pytest.mark.slow
 def test_the_sweep_computes_expert_states_once_before_its_runs(cluster, tmp_path):
     """With team.cache_dir set, the runs of every method and seed read one cache, filled before they
     start by one precompute task: no run loads an expert model, and each trains as it would have
