@@ -71,7 +71,8 @@ def init_ray(num_cpus: float) -> bool:
     if not os.environ.get("RAY_ADDRESS"):
         # logical CPUs: every expert actor must fit, even when the team asks for more than the cores
         kwargs.update(num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
-                      object_store_memory=OBJECT_STORE_BYTES)
+                      object_store_memory=OBJECT_STORE_BYTES,
+                      address="local")  # a new Ray, not one a `ray start` left (ray.init would join it)
     ray.init(**kwargs)
     return True
 

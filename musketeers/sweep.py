@@ -374,8 +374,9 @@ def connect(address: str | None, jobs: list[Job], resources: dict) -> bool:
     code = str(Path(musketeers.__file__).resolve().parent.parent)  # the runs import the code this sweep runs
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)}
     cpus = max([os.cpu_count() or 1] + [int(cpu_demand(j, resources) + 0.999) for j in jobs])
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20,
-             runtime_env={"env_vars": env})
+    # address "local": a new Ray, never one that `ray start` left running (use --address auto for that)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 2**20, runtime_env={"env_vars": env})
     return True
 
 
