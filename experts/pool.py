@@ -58,16 +58,17 @@ class RayExpertWorker(ExpertWorker):
         return {**super().info(), "node_id": ray.get_runtime_context().get_node_id()}  # where Ray placed it
 
 
-def init_ray(num_cpus: float) -> bool:
-    """Start a quiet local Ray unless one is running (or RAY_ADDRESS names a cluster to join).
-    Returns True when this call started it (so its owner shuts it down)."""
+def init_ray(num_cpus: float, env_vars: dict[str, str] | None = None) -> bool:
+    """Start a quiet local Ray unless one is running (or RAY_ADDRESS names a cluster to join), with at
+    least `num_cpus` logical CPUs and `env_vars` in its workers' environment. Returns True when this
+    call started it (so its owner shuts it down)."""
     import ray
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs = {"log_to_driver": False, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}
+    kwargs = {"log_to_driver": False, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}}}
     if not os.environ.get("RAY_ADDRESS"):
         # logical CPUs: every expert actor must fit, even when the team asks for more than the cores
         kwargs.update(num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,

@@ -147,7 +147,7 @@ def _check_eval(opts, where: str) -> None:
 
 
 def read_sweep(path: Path) -> dict:
-    """The sweep file as a mapping, its keys checked."""
+    """The sweep file as a mapping, its keys checked; `resources` and `max_retries` with their defaults."""
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
@@ -157,8 +157,8 @@ def read_sweep(path: Path) -> dict:
     for i, block in enumerate(data.get("grid") or []):
         _check_keys(block, BLOCK_KEYS, f"{path}: grid[{i}]")
     _check_eval(data.get("eval"), f"{path}: eval")
-    read_resources(data, str(path))
-    retries = data.get("max_retries", DEFAULT_RETRIES)
+    data["resources"] = read_resources(data, str(path))
+    retries = data.setdefault("max_retries", DEFAULT_RETRIES)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise SweepError(f"{path}: max_retries: expected an integer >= 0, got {retries!r}")
     return data
@@ -318,7 +318,7 @@ def run_demand(job: Job, resources: dict, cluster_gpus: float) -> tuple[dict, di
     if gpus and gpus <= expert_gpus:
         raise SweepError(f"{job.name}: its experts ask for {expert_gpus:g} GPU of the run's {gpus:g} "
                          f"(team.placement together); lower their num_gpus or raise resources.num_gpus")
-    bundle = {"CPU": task["num_cpus"] + sum(e["num_cpus"] for e in experts), "GPU": max(gpus, expert_gpus)}
+    bundle = {"CPU": cpu_demand(job, resources), "GPU": max(gpus, expert_gpus)}
     for extra in (task["resources"], *(e["resources"] for e in experts)):
         for key, amount in extra.items():
             bundle[key] = bundle.get(key, 0.0) + amount
@@ -359,8 +359,8 @@ def connect(address: str | None, jobs: list[Job], resources: dict) -> bool:
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False)
@@ -370,14 +370,11 @@ def connect(address: str | None, jobs: list[Job], resources: dict) -> bool:
                              "start one with `ray start --head`, or leave --address out for a local Ray") from None
         return True
     import musketeers
+    from experts.pool import init_ray
 
     code = str(Path(musketeers.__file__).resolve().parent.parent)  # the runs import the code this sweep runs
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)}
-    cpus = max([os.cpu_count() or 1] + [int(cpu_demand(j, resources) + 0.999) for j in jobs])
-    # address "local": a new Ray, never one that `ray start` left running (use --address auto for that)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 2**20, runtime_env={"env_vars": env})
-    return True
+    path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
+    return init_ray(max(cpu_demand(j, resources) for j in jobs), env_vars={"PYTHONPATH": path})
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -443,7 +440,8 @@ def _failure(error: Exception, retries: int) -> str:
 
     if isinstance(error, ray.exceptions.RayTaskError):  # the run raised: its log has the traceback
         cause = error.cause if getattr(error, "cause", None) is not None else error
-        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+        lines = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
     return f"its process or node died {retries + 1} time(s) ({type(error).__name__})"
 
 
@@ -453,7 +451,7 @@ def _finish(status: RunStatus, ref, retries: int) -> None:
     try:
         ray.get(ref)
         status.state = "finished"
-    except (ray.exceptions.RayError, Exception) as error:  # noqa: BLE001 - one run's failure ends that run only
+    except Exception as error:  # noqa: BLE001 - a Ray error or the run's own: it ends that run only
         status.state, status.error = "failed", _failure(error, retries)
     status.seconds = time.time() - status.started if status.started else None
     status.refresh_metrics()
@@ -502,7 +500,7 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
 def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict[str, str]:
     """Plan, print and run a sweep; returns each run's outcome (its state on disk for runs not started)."""
     data = read_sweep(path)
-    eval_opts, resources = data.get("eval"), read_resources(data, str(path))
+    eval_opts, resources = data.get("eval"), data["resources"]
     jobs = plan(data, str(path))
     states = {job.name: state(job, eval_opts) for job in jobs}
     for job in jobs:
@@ -530,7 +528,7 @@ def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict
         names = {j.name for j in todo}
         statuses = {j.name: RunStatus(j, state="queued" if j.name in names else "skipped") for j in jobs
                     if states[j.name] != "conflict"}
-        run_all(todo, statuses, demands, eval_opts, data.get("max_retries", DEFAULT_RETRIES), sweep_id)
+        run_all(todo, statuses, demands, eval_opts, data["max_retries"], sweep_id)
     finally:
         if started:
             ray.shutdown()

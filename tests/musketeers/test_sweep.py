@@ -200,6 +200,18 @@ def interrupt_seed(seed, step):
     return build
 
 
+def sweep_until_checkpoint(file: Path, checkpoint: Path) -> tuple[threading.Thread, dict]:
+    """Run the sweep in a thread (its outcome fills the dict) and return once `checkpoint` is complete."""
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(sweep.sweep(file)))
+    driver.start()
+    deadline = time.monotonic() + 240
+    while not (checkpoint / "trainer_state.json").is_file():
+        assert time.monotonic() < deadline and driver.is_alive(), "the run never saved its first checkpoint"
+        time.sleep(0.05)
+    return driver, result
+
+
 @pytest.mark.slow
 def test_a_run_whose_node_dies_finishes_from_its_checkpoint_on_another_node(cluster, tmp_path):
     """Two spare nodes offer a `spare` resource; the run's node is removed once it has saved a
@@ -211,13 +223,7 @@ def test_a_run_whose_node_dies_finishes_from_its_checkpoint_on_another_node(clus
     file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["perceiver"],
                        seeds=[0], overrides=steps, resources={"num_cpus": 1, "custom": {"spare": 1}}, max_retries=2)
     run_dir = tmp_path / "out" / "tiny-perceiver-tiny-seed0"
-    result = {}
-    driver = threading.Thread(target=lambda: result.update(sweep.sweep(file)))
-    driver.start()
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoint-2" / "trainer_state.json").is_file():
-        assert time.monotonic() < deadline and driver.is_alive(), "the run never saved its first checkpoint"
-        time.sleep(0.05)
+    driver, result = sweep_until_checkpoint(file, run_dir / "checkpoint-2")
     first = attempts(run_dir)[0]["node_id"]
     victim = next(n for n in spares if n.node_id == first)
     c.remove_node(victim)
@@ -240,13 +246,7 @@ def test_a_killed_run_process_is_restarted_and_resumes_from_its_checkpoint(clust
     file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["single"],
                        seeds=[0], overrides=steps)
     run_dir = tmp_path / "out" / "tiny-single-none-seed0"
-    result = {}
-    driver = threading.Thread(target=lambda: result.update(sweep.sweep(file)))
-    driver.start()
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoint-2" / "trainer_state.json").is_file():
-        assert time.monotonic() < deadline and driver.is_alive(), "the run never saved its first checkpoint"
-        time.sleep(0.05)
+    driver, result = sweep_until_checkpoint(file, run_dir / "checkpoint-2")
     os.kill(attempts(run_dir)[0]["pid"], 9)
     driver.join(timeout=240)
     assert result == {run_dir.name: "ok"}
