@@ -1,8 +1,8 @@
 """From a batch of questions to what the policy is conditioned on, for every method.
 
     conditioner = build_conditioner(cfg, policy_dim, policy_tokenizer)  # pool, g_phi, encoder
-    cond = conditioner.prepare(questions, training=True)   # experts run here, no gradients
-    cond.context        # [B, m, D] context tokens C for generation (None: no context tokens)
+    cond = conditioner.prepare(questions, training=True)   # experts run here, once per distinct question
+    cond.context        # [B, m, D] context tokens C for generation, one row per question row (None: no C)
     cond.prompts        # rewritten prompts (text_hints), else None
     cond.stored         # typed tensors that let the loss pass rebuild C with gradients
     conditioner.context(cond.stored, training=True)         # C again, differentiable in phi
@@ -71,16 +71,21 @@ class Conditioner:
         return next(self.adapter.parameters()).device
 
     def prepare(self, questions: list[str], training: bool) -> Conditioning:
-        """Run the experts (no gradients) and build the generation-time conditioning."""
+        """Run the experts (no gradients) and build the generation-time conditioning of each row.
+
+        The method runs once per distinct question (TRL's batch holds each prompt G times), and its
+        result is repeated for the rows: the G completions of a group see the same C, bit for bit, and
+        hard routing draws one expert per prompt. Routing metrics are means over distinct prompts."""
         start = time.perf_counter()
-        cond = self.method.prepare(self, questions, training)
+        index = {q: k for k, q in enumerate(dict.fromkeys(questions))}
+        cond = self.method.prepare(self, list(index), training)
         if self.uses_context:
             with torch.no_grad():
                 out = self.method.adapter_output(self.adapter, cond.stored, training)
             cond.context = out.context
             cond.metrics.update(self._routing_metrics(out))
         self.timings["experts"] = time.perf_counter() - start
-        return cond
+        return cond.for_rows([index[q] for q in questions])
 
     def context(self, stored: RowTensors, training: bool) -> Tensor:
         """C from the stored tensors, differentiable in the adapter's parameters."""

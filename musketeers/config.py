@@ -129,7 +129,7 @@ class TrainingConfig:
     warmup_steps: int = 0
     logging_steps: int = 1
     save_steps: int = 50
-    no_context_reward_every: int = 0
+    no_context_reward_every: int = 0  # Figure 5: every k steps log the reward of the prompt alone (no C, LoRA on)
     reference_context: Literal[REFERENCE_CONTEXTS] = "zeros"
     activation_checkpointing: Literal["auto", "always", "never"] = "auto"  # not on/off: YAML reads those as booleans
     generation_cache: Literal["dynamic", "static"] = "dynamic"

@@ -1,7 +1,7 @@
 """Placing the context tokens C in the policy's input, the one place that decides where C sits and
 what the KL reference sees instead (`ContextLayout`, from `adapter.context_position` and
-`training.reference_context`). Generation, every log-prob pass (policy, old policy, reference), the
-no-C reward of Figure 5 and `musketeers eval` all go through it.
+`training.reference_context`). Generation, every log-prob pass (policy, old policy, reference) and
+`musketeers eval` all go through it; the no-C reward of Figure 5 samples the prompt alone (no slots).
 
 Positions, for a left-padded prompt row [pads][x_0 x_1 ... x_k] (x: the templated prompt):
   after_first  [pads][x_0][C][x_1 ... x_k]   the default: C follows the first prompt token
@@ -56,7 +56,7 @@ class ContextLayout:
         return torch.full_like(pads, prompt_mask.shape[1])  # suffix: after the last prompt token
 
     def reference_context(self, context: Tensor) -> Tensor | None:
-        """What the reference policy (and the no-C reward) sees instead of C: zeros, or no tokens."""
+        """What the KL reference policy sees instead of C: zeros, or no tokens."""
         return torch.zeros_like(context) if self.reference == "zeros" else None
 
 

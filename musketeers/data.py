@@ -63,12 +63,12 @@ def hints_block(hints: Sequence[tuple[str, str]]) -> str:
 
 
 def build_prompt(question: str, tokenizer: Any, task: TaskConfig, hints: Sequence[tuple[str, str]] = ()) -> str:
-    """The one place policy prompts are built: system prompt + question (+ an "[Expert Hints]" block
-    of (expert name, hint) pairs) through the tokenizer's chat template (a plain layout without one),
-    then the assistant prefill. The layout is experts.prompt.chat_prompt, the text experts read."""
-    if hints:
-        question = f"{question}\n\n{hints_block(hints)}"
-    return chat_prompt(question, tokenizer, system_prompt(task)) + task.assistant_prefill
+    """The one place policy prompts are built: system prompt + user turn through the tokenizer's chat
+    template (a plain layout without one), then the assistant prefill. The layout is
+    experts.prompt.chat_prompt, the text experts read. With (expert name, hint) pairs the user turn is
+    the "[Expert Hints]" block, a blank line, then the question: the hints are a prefix to the question."""
+    user = f"{hints_block(hints)}\n\n{question}" if hints else question
+    return chat_prompt(user, tokenizer, system_prompt(task)) + task.assistant_prefill
 
 
 # ----------------------------------------------------------------------------- Reasoning Gym

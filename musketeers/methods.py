@@ -5,12 +5,14 @@ A method declares what it needs and builds its conditioning through one signatur
     method = METHODS[cfg.method]
     method.experts, method.encoder, method.context_tokens   # needs the team / a sentence encoder; gives C
     adapter = method.build_adapter(expert_dims, policy_dim, cfg.adapter, encoder_dim)   # g_phi, or None
-    cond = method.prepare(conditioner, questions, training)  # the experts run here, no gradients
+    cond = method.prepare(conditioner, prompts, training)   # distinct questions; the experts run here, no gradients
     out = method.adapter_output(adapter, cond.stored, training)  # C from the stored states, with gradients
 
 Adding a method is one class here and its line in METHODS; nothing else dispatches on its name.
-What a method stores for the loss pass is a typed `RowTensors` (one row per completion), carried
-through TRL's batch dict, which shuffles and splits it with the batch.
+A method prepares each distinct question once; the conditioner repeats the result for the G rows
+(completions) of its GRPO group (`Conditioning.for_rows`). What a method stores for the loss pass is a
+typed `RowTensors`, one row per completion after that, carried through TRL's batch dict, which
+shuffles and splits it with the batch.
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ class ExpertStates(RowTensors):
 
 @dataclass
 class RoutedState(RowTensors):
-    """Hard routing: the router's input, its Gumbel noise (so the loss pass makes the same choice) and
-    the chosen expert's state, zero-padded to the widest expert: [rows, e], [rows, n], [rows, max d_i]."""
+    """Hard routing, per completion row: the router's input [rows, e], its prompt's Gumbel noise [rows, n]
+    and chosen expert [rows] (the same on the G rows of a prompt), and that expert's state zero-padded to
+    the widest expert [rows, max d_i]. The loss pass takes the choice from here, not from a new argmax."""
 
     router_input: Tensor
     gumbel_noise: Tensor
+    choice: Tensor
     selected_state: Tensor
 
 
@@ -88,6 +92,15 @@ class Conditioning:
     prompts: list[str] | None = None   # rewritten prompts (text_hints), else None
     stored: RowTensors | None = None   # what the loss pass rebuilds C from, with gradients
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def for_rows(self, index: list[int]) -> Conditioning:
+        """The conditioning of each batch row: row r is prompt index[r] (metrics stay per prompt)."""
+        import torch
+
+        at = torch.tensor(index, device=None if self.context is None else self.context.device)
+        return dataclasses.replace(self, context=None if self.context is None else self.context[at],
+                                   prompts=None if self.prompts is None else [self.prompts[k] for k in index],
+                                   stored=None if self.stored is None else self.stored[at])
 
 
 # ----------------------------------------------------------------------------- methods
@@ -107,7 +120,8 @@ class Method:
         return None
 
     def prepare(self, conditioner: Conditioner, questions: list[str], training: bool) -> Conditioning:
-        """Run what the method needs for these questions (no gradients); C is added by the conditioner."""
+        """Run what the method needs for these distinct questions (no gradients), one entry each; C is
+        added by the conditioner."""
         return Conditioning()
 
     def adapter_output(self, adapter: nn.Module, stored: RowTensors, training: bool) -> AdapterOutput:
@@ -121,18 +135,19 @@ class Single(Method):
 
 class TextHints(Method):
     """Output-level collaboration (eq. 12): each expert writes a hint of at most hint_max_tokens; the
-    hints go verbatim into an "[Expert Hints]" block of the prompt. No trainable parameters."""
+    hints go verbatim into an "[Expert Hints]" block before the question (musketeers.data.build_prompt).
+    No trainable parameters."""
 
     name, label, table_row = "text_hints", "output collaboration", 2
 
     def prepare(self, conditioner, questions, training):
         from musketeers.data import build_prompt
 
-        unique = list(dict.fromkeys(questions))
-        hints = conditioner.pool.generate_hints(unique, conditioner.hint_max_tokens)  # [expert][question]
+        hints = conditioner.pool.generate_hints(questions, conditioner.hint_max_tokens)  # [expert][question]
         names = conditioner.names
-        by_question = {q: [(name, hints[e][k]) for e, name in enumerate(names)] for k, q in enumerate(unique)}
-        return Conditioning(prompts=[build_prompt(q, conditioner.tokenizer, conditioner.task, by_question[q]) for q in questions])
+        return Conditioning(prompts=[build_prompt(q, conditioner.tokenizer, conditioner.task,
+                                                  [(name, hints[e][k]) for e, name in enumerate(names)])
+                                     for k, q in enumerate(questions)])
 
 
 class Perceiver(Method):
@@ -165,8 +180,16 @@ class FFN(Perceiver):
 
 
 class HardRouting(Method):
-    """Top-1 routing (eq. 13): a sentence encoder and a router head pick one expert per question; only
-    that expert runs, and its state becomes one memory token."""
+    """Top-1 routing (eq. 13): a sentence encoder and a router head pick one expert per prompt; only
+    that expert runs, and its state becomes one memory token.
+
+    Training draws Gumbel noise once per distinct prompt of the generation round (`prepare` sees each
+    once; torch's generator, seeded by the run and restored with checkpoints), so the G completions
+    of a GRPO group all see the expert of one straight-through Gumbel-softmax sample (two groups of
+    one question in the same round share it); a prompt met again in a later round gets a new draw.
+    Evaluation takes the argmax. The loss pass keeps the stored choice as the forward value, so every
+    row is scored with the expert its completion was sampled with, whatever the router has learned
+    since; the gradient is the soft sample's, from the stored noise."""
 
     name, label, table_row, encoder, context_tokens = "hard_routing", "hard routing", 1, True, True
 
@@ -184,19 +207,23 @@ class HardRouting(Method):
 
         router, device = conditioner.adapter, conditioner.device
         embeddings = conditioner.encoder(questions).to(device)
-        noise = HardRouter.sample_noise((len(questions), router.num_experts), device)
+        noise = HardRouter.sample_noise((len(questions), router.num_experts), device)  # one draw per prompt
         with torch.no_grad():
             one_hot, _ = router.select(embeddings, training=training, noise=noise)
         selected = torch.zeros(len(questions), max(router.expert_dims), device=device)
         for i, rows in HardRouter.groups(one_hot).items():
             states = conditioner.pool.encode_expert(i, [questions[r] for r in rows.tolist()])
             selected[rows, : states.shape[1]] = states.to(device)
-        return Conditioning(stored=RoutedState(embeddings, noise, selected))
+        return Conditioning(stored=RoutedState(embeddings, noise, one_hot.argmax(-1), selected))
 
     def adapter_output(self, adapter, stored, training):
+        import torch.nn.functional as F
+
         from musketeers.adapters import HardRouter
 
-        one_hot, logits = adapter.select(stored.router_input, training=training, noise=stored.gumbel_noise if training else None)
+        sample, logits = adapter.select(stored.router_input, training=training, noise=stored.gumbel_noise if training else None)
+        # value: exactly the stored one-hot; gradient: the soft sample's (sample - sample.detach() is 0 in value)
+        one_hot = F.one_hot(stored.choice, adapter.num_experts).to(sample) + (sample - sample.detach())
         states = {i: stored.selected_state[rows, : adapter.expert_dims[i]] for i, rows in HardRouter.groups(one_hot).items()}
         return adapter(one_hot, states, logits)
 

@@ -3,7 +3,8 @@
 TRL runs the GRPO iteration (sampling groups, rewards, group-normalised advantages, the clipped
 objective with the KL term). We override only what the context tokens touch:
 
-  1. _generate_and_score_completions  experts -> adapter -> C (no grad) before TRL's step; the
+  1. _generate_and_score_completions  experts -> adapter -> C (no grad) before TRL's step, once per
+                                      distinct prompt of the round, shared by its G completions; the
                                       method's stored tensors ride in TRL's batch dict (one typed
                                       object under CONDITIONING_KEY) so the loss pass rebuilds C
   2. _generate_single_turn            generate from the prompt with C placed as conditioner.layout
@@ -14,12 +15,15 @@ objective with the KL term). We override only what the context tokens touch:
                                       says (zeros where C sits, or no C); only completion positions
                                       reach the LM head (all methods)
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
+                                      (hard routing: the expert each completion was sampled with)
   5. create_optimizer                 the adapter is its own parameter group with router_lr
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
   7. evaluate                         training.eval_every: greedy held-out accuracy (musketeers.evaluate's
                                       path), not TRL's sampled evaluation
 
 With method "single" the passes are TRL's but faster (2, 3): the other overrides fall through.
+training.no_context_reward_every (Figure 5) also samples the trained policy (LoRA on) from the prompt
+alone, pi_theta(y | x), whatever training.reference_context gives the KL reference.
 Everything the trainer keeps beyond TRL's own state is one `RoundState` (self.round_state).
 """
 
@@ -257,11 +261,12 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         return k > 0 and self.conditioner.uses_context and self.state.global_step % k == 0
 
     def _reward_without_context(self, inputs) -> float:
-        """Mean accuracy of completions sampled as the reference is conditioned (zeros in place of C, or
-        no C: training.reference_context); logged, not trained on."""
+        """Mean accuracy of completions the trained policy (LoRA on) samples from the prompt alone, no
+        context slots at all: pi_theta(y | x) against the run's pi_theta(y | [x || C]) (Figure 5),
+        whatever training.reference_context gives the KL reference; logged, not trained on."""
         prompts = [x["prompt"] for x in inputs]
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        completion_ids = self._generate_with_context(prompt_ids, self.conditioner.layout.reference_context(self.round_state.context))
+        completion_ids = self._generate_with_context(prompt_ids, None)
         completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion")}
         rewards = self.reward_funcs[0](prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)

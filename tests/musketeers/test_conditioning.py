@@ -54,7 +54,44 @@ def test_hard_routing_runs_exactly_one_expert_per_prompt():
     assert router.router.weight.grad is not None and router.router.weight.grad.abs().sum() > 0
 
 
-def test_text_hints_go_verbatim_into_an_expert_hints_block():
+def test_hard_routing_draws_one_expert_per_prompt_shared_by_its_group():
+    """One Gumbel draw per prompt: the G completions of a GRPO group see one expert, at generation and in
+    the loss pass (rows shuffled as TRL does, the router moved by an update since); different prompts
+    see different experts; the same prompt in a later round draws again."""
+    torch.manual_seed(0)
+    cfg = load_run_config(TASK, ["method=hard_routing"])
+    pool = CountingPool()
+    router = HardRouter(4, pool.hidden_sizes, out_dim=12, latent_dim=8)
+    torch.nn.init.zeros_(router.router.weight)  # equal logits: the noise alone decides
+    conditioner = Conditioner(cfg, pool, router, FixedEncoder())
+    prompts, G = [f"question {k}" for k in range(8)], 4
+    questions = [q for q in prompts for _ in range(G)]  # TRL's RepeatSampler: each prompt G times in a row
+    cond = conditioner.prepare(questions, training=True)
+    stored = cond.stored
+    for per_row in (stored.choice, stored.gumbel_noise, cond.context):
+        grouped = per_row.view(len(prompts), G, -1)
+        assert torch.equal(grouped, grouped[:, :1].expand_as(grouped))  # one value per group
+    assert len(set(stored.choice.tolist())) > 1  # prompts route differently
+    assert sorted(q for _, qs in pool.calls for q in qs) == prompts  # each prompt's expert ran once
+
+    with torch.no_grad():
+        router.router.weight.normal_(std=10.0)  # an optimizer step since generation (e.g. num_iterations > 1)
+    fresh, _ = router.select(stored.router_input, training=True, noise=stored.gumbel_noise)
+    assert (fresh.argmax(-1) != stored.choice).any()  # a new argmax would now pick other experts
+    shuffled = torch.randperm(len(questions))
+    out = conditioner.method.adapter_output(router, stored[shuffled], training=True)
+    assert torch.equal(out.selection.detach().argmax(-1), stored.choice[shuffled])  # the loss pass keeps the sampled expert
+    assert torch.allclose(out.context, cond.context[shuffled])
+    out.context.sum().backward()
+    assert router.router.weight.grad.abs().sum() > 0
+
+    later = conditioner.prepare(questions, training=True).stored
+    assert not torch.equal(later.gumbel_noise, stored.gumbel_noise)
+    grouped = later.choice.view(len(prompts), G)
+    assert torch.equal(grouped, grouped[:, :1].expand_as(grouped))
+
+
+def test_text_hints_go_verbatim_into_an_expert_hints_block_before_the_question():
     cfg = load_run_config(TASK, ["method=text_hints"])
 
     class Plain:
@@ -65,4 +102,4 @@ def test_text_hints_go_verbatim_into_an_expert_hints_block():
     assert cond.context is None and len(cond.prompts) == 3
     hints = [("a", "hint a for q1"), ("b", "hint b for q1"), ("c", "hint c for q1")]
     assert cond.prompts[0] == cond.prompts[2] == build_prompt("q1", Plain(), cfg.task, hints)
-    assert "[Expert Hints]\na: hint a for q1\nb: hint b for q1\nc: hint c for q1" in cond.prompts[0]
+    assert cond.prompts[0].endswith("User: [Expert Hints]\na: hint a for q1\nb: hint b for q1\nc: hint c for q1\n\nq1\nAssistant: <answer>")

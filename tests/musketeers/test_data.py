@@ -98,3 +98,26 @@ def test_prompt_builder_uses_chat_template_or_plain_layout():
     assert build_prompt("2+2?", ChatTokenizer(), task) == "<system>Answer only.<user>2+2?<assistant><answer>"
     task = small_task("arithmetic", 10, 10, "task.system_prompt=none")
     assert build_prompt("2+2?", PlainTokenizer(), task) == "User: 2+2?\nAssistant: "
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_expert_hints_are_a_block_before_the_question_in_the_user_turn():
+    """Output-level collaboration: the "[Expert Hints]" block prefixes the question inside the user turn
+    of the rendered chat template; the system prompt and the assistant prefill stay where they were."""
+    from experts.embedded import synthetic_tokenizer
+
+    tokenizer = synthetic_tokenizer("bytes")
+    tokenizer.chat_template = CHATML
+    task = small_task("arithmetic", 10, 10, "task.system_prompt_text=Answer only.", "task.assistant_prefill=<answer>")
+    hints = [("math", "try 4"), ("coder", "print(2+2)\n4")]
+    assert build_prompt("2+2?", tokenizer, task, hints) == (
+        "<|im_start|>system\nAnswer only.<|im_end|>\n"
+        "<|im_start|>user\n[Expert Hints]\nmath: try 4\ncoder: print(2+2)\n4\n\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n<answer>")
+    assert build_prompt("2+2?", tokenizer, task) == (
+        "<|im_start|>system\nAnswer only.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<answer>")
+    plain = build_prompt("2+2?", PlainTokenizer(), task, hints)
+    assert plain.endswith("User: [Expert Hints]\nmath: try 4\ncoder: print(2+2)\n4\n\n2+2?\nAssistant: <answer>")

@@ -132,15 +132,11 @@ def test_reference_sees_zeros_where_c_sits_and_kl_is_zero_at_step_0(tmp_path, mo
     assert kl < 1e-7 and max(trainer._metrics["train"]["kl"], default=0.0) < 1e-7
 
 
-def test_reference_none_sees_the_plain_prompt(tmp_path, monkeypatch):
-    """training.reference_context=none: the reference pass and the no-C reward see no context tokens,
-    and the reference log-probs are the base policy's on the prompt alone (eq. 4 read literally)."""
-    trainer = build_trainer(tiny_config(tmp_path, "training.reference_context=none", "training.no_context_reward_every=1"), tmp_path)
-    contexts = []
-    original = trainer._generate_with_context
-    monkeypatch.setattr(trainer, "_generate_with_context", lambda ids, c: contexts.append(c) or original(ids, c))
+def test_reference_none_sees_the_plain_prompt(tmp_path):
+    """training.reference_context=none: the reference log-probs are the base policy's on the prompt
+    alone, no context tokens (eq. 4 read literally)."""
+    trainer = build_trainer(tiny_config(tmp_path, "training.reference_context=none"), tmp_path)
     output = trainer._generate_and_score_completions(first_batch(trainer))
-    assert contexts[0] is not None and contexts[1] is None  # sampling with C, then the no-C reward without
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
     with torch.no_grad(), trainer._context_as(None):
@@ -390,6 +386,61 @@ def test_held_out_accuracy_during_training_is_musketeers_eval_of_that_steps_chec
     assert evals[0]["eval/accuracy"] != evals[1]["eval/accuracy"]  # a large lr: checkpoints 2 and 3 differ, so the steps match
     plain = read_metrics(train(tiny_config(tmp_path / "plain", *common)))
     assert [deterministic(r) for r in plain] == [deterministic(r) for r in rows if "reward" in r]
+
+
+@pytest.mark.parametrize("reference", ["zeros", "none"])
+def test_reward_without_context_samples_the_trained_policy_from_the_prompt_alone(tmp_path, monkeypatch, reference):
+    """Figure 5's "without C" is pi_theta(y | x): no context slots (not the KL reference's zeros), LoRA on,
+    the same prompts as the round's sampling with C."""
+    from peft.tuners.lora import LoraLayer
+
+    import musketeers.trainer as trainer_module
+
+    trainer = build_trainer(tiny_config(tmp_path, f"training.reference_context={reference}", "training.no_context_reward_every=1"), tmp_path)
+    calls, original = [], trainer_module.generate_with_context
+
+    def spy(model, ids, mask, context, *args, **kwargs):
+        lora_on = [not m.disable_adapters for m in model.modules() if isinstance(m, LoraLayer)]
+        calls.append((ids.clone(), context, lora_on))
+        return original(model, ids, mask, context, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "generate_with_context", spy)
+    trainer._generate_and_score_completions(first_batch(trainer))
+    (with_c, _, lora_with_c), (plain, without_c, lora_plain) = calls  # the round's sampling, then the no-C reward
+    assert with_c is not None and without_c is None
+    assert torch.equal(plain, with_c)  # same prompt tokens: C is only ever inserted as embeddings
+    assert lora_plain and all(lora_plain) and all(lora_with_c)
+    assert len(trainer._metrics["train"]["reward_without_context"]) == 1
+
+
+def test_hard_routing_gives_each_group_one_expert_at_generation_and_in_the_loss(tmp_path, dense_reward):
+    """Through TRL's own round (generation, shuffle, micro-batches): every completion of a prompt is
+    generated with one expert, and the loss pass rebuilds C with that same expert for each row."""
+    trainer = build_trainer(tiny_config(tmp_path, "method=hard_routing"), tmp_path)
+    trainer.model.train()
+    routed, prepare = {}, trainer.conditioner.prepare
+
+    def record(questions, training):
+        cond = prepare(questions, training)
+        for q, expert in zip(questions, cond.stored.choice.tolist()):
+            routed.setdefault(q, set()).add(expert)
+        return cond
+
+    trainer.conditioner.prepare = record
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    rows_seen = 0
+    for _ in range(trainer.args.steps_per_generation):
+        micro = trainer._prepare_inputs(batch)  # the round is generated once, then buffered
+        trainer._step += 1
+        stored = RowTensors.collate(micro[CONDITIONING_KEY])
+        out = trainer.conditioner.method.adapter_output(trainer.conditioner.adapter, stored, training=True)
+        prompts = trainer.processing_class.batch_decode(micro["prompt_ids"], skip_special_tokens=True)
+        for prompt, expert in zip(prompts, out.selection.argmax(-1).tolist()):
+            (question,) = [q for q in routed if q in prompt]
+            assert routed[question] == {expert}
+            rows_seen += 1
+    assert rows_seen == len(batch) == trainer.num_generations * len(routed)
 
 
 def test_reward_without_context_is_logged_every_k_steps(tmp_path, dense_reward):
