@@ -291,7 +291,6 @@ SHUTDOWN_SCRIPT = r"""
 import json, time, psutil, torch, ray
 torch.set_num_threads(1)
 from experts import ExpertPool
-from experts.cache import prompt_key
 from experts.config import ExpertConfig, TeamConfig
 
 def alive(proc):
