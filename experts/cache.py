@@ -1,9 +1,12 @@
 """Pooled states computed once: an in-memory cache per expert, optionally mirrored on disk.
 
-A pooled state depends only on (expert, pooling, prompt), so the G completions of a GRPO group and
-every later visit of a prompt share one forward. The on-disk mirror (team.cache_dir) survives
-restarts: one directory per expert fingerprint (model identity, dtype, pooling, seed, max_length,
-system prompt), holding safetensors shards of {keys: uint8 [N, 32] sha256 of the question,
+A pooled state depends only on (expert, pooling, the token ids the expert reads), so the G
+completions of a GRPO group and every later visit of a prompt share one forward. A prompt's key is
+a hash of those exact ids (experts/prompt.py ExpertInput: after the chat template, the system
+prompt, the template date and the cut to max_length), so any change to what the expert reads (a
+new template, system prompt or date) misses the cache instead of serving a stale state. The
+on-disk mirror (team.cache_dir) survives restarts: one directory per expert fingerprint (model
+identity, name, dtype, pooling, seed), holding safetensors shards of {keys: uint8 [N, 32],
 states: float32 [N, d]}. Each encoded batch is one shard, written to a temporary file and renamed
 into place, so a crash never leaves a half-written shard; many shards are merged at load time.
 Memory: prompts x d x 4 bytes per expert (16,000 prompts of a 3,584-wide expert: about 230 MB).
@@ -16,17 +19,18 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keys hash token ids (1 hashed the question text)
 MERGE_AT = 64  # shards found at load time before they are merged into one
 
 
-def prompt_key(question: str) -> bytes:
-    """A question's cache key (sha256 digest, 32 bytes)."""
-    return hashlib.sha256(question.encode()).digest()
+def prompt_key(token_ids: Sequence[int]) -> bytes:
+    """The cache key of the token ids an expert reads (sha256 digest, 32 bytes)."""
+    return hashlib.sha256(",".join(map(str, token_ids)).encode()).digest()
 
 
 def fingerprint(fields: dict) -> str:
@@ -83,7 +87,7 @@ class DiskCache:
 
 
 class StateCache:
-    """Pooled states of one expert, by question, with hit/miss/forward counts."""
+    """Pooled states of one expert, by prompt key, with hit/miss/forward counts."""
 
     def __init__(self, disk: DiskCache | None = None):
         self.disk = disk
@@ -96,25 +100,23 @@ class StateCache:
         """The expert's hidden size, as its stored states show it (None: nothing stored yet)."""
         return next(iter(self.states.values())).shape[0] if self.states else None
 
-    def plan(self, questions: list[str]) -> tuple[list[bytes], list[str]]:
-        """Keys of all questions, and the distinct questions not cached yet (to compute once each).
-        Counts a miss per distinct new question and a hit per every other request."""
-        keys = [prompt_key(q) for q in questions]
-        todo: dict[bytes, str] = {}
-        for key, question in zip(keys, questions):
+    def plan(self, keys: list[bytes]) -> list[int]:
+        """Positions in `keys` of the distinct keys not cached yet (the first request of each), to
+        compute once each. Counts a miss per distinct new key and a hit per every other request."""
+        todo: dict[bytes, int] = {}
+        for position, key in enumerate(keys):
             if key not in self.states and key not in todo:
-                todo[key] = question
+                todo[key] = position
         self.misses += len(todo)
-        self.hits += len(questions) - len(todo)
-        return keys, list(todo.values())
+        self.hits += len(keys) - len(todo)
+        return list(todo.values())
 
-    def add(self, questions: list[str], states: torch.Tensor) -> None:
-        """Store freshly computed states (and mirror them on disk)."""
+    def add(self, keys: list[bytes], states: torch.Tensor) -> None:
+        """Store freshly computed states under their keys (and mirror them on disk)."""
         states = states.clone()  # own the memory (not a view of a transport buffer)
-        keys = [prompt_key(q) for q in questions]
         for key, state in zip(keys, states):
             self.states[key] = state
-        self.forwards += len(questions)
+        self.forwards += len(keys)
         if self.disk:
             self.disk.save(keys, states)
 

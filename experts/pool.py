@@ -11,7 +11,9 @@ all experts concurrently, on this node or on any other of the Ray cluster (the s
 through Ray's object store); `local` holds the experts in this process (unit tests, single-process
 GPU runs). Both compute the same numbers. Ray restarts a killed actor and retries the call, so a dead expert process costs a reload,
 not the run. Every (expert, prompt) is computed once per pool (cache.py), duplicates in a request
-included, so a GRPO batch of B prompts x G completions runs B forwards per expert.
+included, so a GRPO batch of B prompts x G completions runs B forwards per expert. The pool turns
+questions into each expert's token ids itself (it loads each expert's tokenizer once: the ids are
+the cache key), and sends the ids of cache misses to the expert.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from experts.cache import DiskCache, StateCache, fingerprint
-from experts.config import ExpertConfig, TeamConfig
-from experts.models import model_identity, needs_conversion, one_line
+from experts.cache import DiskCache, StateCache, fingerprint, prompt_key
+from experts.config import DEFAULT_TEMPLATE_DATE, ExpertConfig, TeamConfig
+from experts.models import load_tokenizer, model_identity, needs_conversion, one_line
 from experts.pooling import uses_seed
+from experts.prompt import ExpertInput
 from experts.worker import ExpertLoadError, ExpertWorker
 
 BACKENDS = ("ray", "local")
@@ -42,11 +45,12 @@ class RayExpertWorker(ExpertWorker):
     """The body of an expert actor: its own thread count, and a load error kept for info() (an
     exception in an actor's constructor would surface as a long traceback, not one line)."""
 
-    def __init__(self, expert: ExpertConfig, system_prompt: str | None, pooling: str, seed: int, threads: int):
+    def __init__(self, expert: ExpertConfig, system_prompt: str | None, pooling: str, seed: int, threads: int,
+                 template_date: str = DEFAULT_TEMPLATE_DATE):
         torch.set_num_threads(threads)
         self.load_error = None
         try:
-            super().__init__(expert, system_prompt, pooling, seed)
+            super().__init__(expert, system_prompt, pooling, seed, template_date=template_date)
         except ExpertLoadError as e:
             self.load_error = str(e)
 
@@ -80,7 +84,8 @@ def init_ray(num_cpus: float, env_vars: dict[str, str] | None = None) -> bool:
 
 class ExpertPool:
     """A team's experts: pooled hidden states (cached), hard-routed single experts, text hints.
-    Every expert reads `system_prompt` (the task's system prompt text; None: none) before a question."""
+    Every expert reads `system_prompt` (the task's system prompt text; None: none) before a question,
+    and templates that write a date read team.template_date."""
 
     def __init__(self, team: TeamConfig, system_prompt: str | None, seed: int = 0, backend: str | None = None,
                  wait: bool = True):
@@ -95,6 +100,7 @@ class ExpertPool:
         n = len(team.experts)
         self.workers: list = [None] * n  # ExpertWorker objects (local) or Ray actor handles; None: not loaded
         self.infos: list[dict] = [{} for _ in range(n)]
+        self._inputs: list[ExpertInput | None] = [None] * n  # what each expert reads, as token ids (cache keys)
         self.loads = 0  # expert models loaded by this pool
         self._owns_ray = self._closed = False
         self._loading: dict = {}  # Ray object ref of an actor's info() -> expert index, until it is ready
@@ -123,7 +129,7 @@ class ExpertPool:
         experts, pooling = [self.team.experts[i] for i in indices], self.team.pooling
         if self.backend == "local":
             for i, e in zip(indices, experts):
-                self.workers[i] = ExpertWorker(e, self.system_prompt, pooling, self.seed)
+                self.workers[i] = ExpertWorker(e, self.system_prompt, pooling, self.seed, template_date=self.team.template_date)
                 self._ready(i, self.workers[i].info())
             return
         import ray
@@ -138,7 +144,8 @@ class ExpertPool:
             options = {"num_cpus": e.num_cpus, "num_gpus": e.num_gpus, "resources": e.resources, "max_restarts": MAX_RESTARTS,
                        "max_task_retries": MAX_TASK_RETRIES,
                        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
-            self.workers[i] = actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads)
+            self.workers[i] = actor.options(**options).remote(e, self.system_prompt, pooling, self.seed, threads,
+                                                              self.team.template_date)
             self._loading[self.workers[i].info.remote()] = i  # all experts load concurrently
             if needs_conversion(e.model):  # else a minute of silence: the actor's own lines stay in the actor
                 log.info("expert %s: converting %s once inside its actor first (under a minute on 2 cores; "
@@ -158,8 +165,8 @@ class ExpertPool:
     def _ready(self, index: int, info: dict) -> None:
         self.infos[index] = info
         self.loads += 1
-        log.info("expert %s ready: %s, %.1fM parameters, %s on %s, loaded in %.1f s", info["name"], info["architecture"],
-                 info["parameters"] / 1e6, info["dtype"], info["device"], info["load_s"])
+        log.info("expert %s ready: %s, %.1fM parameters, %s on %s, %s, loaded in %.1f s", info["name"], info["architecture"],
+                 info["parameters"] / 1e6, info["dtype"], info["device"], info["chat"], info["load_s"])
 
     @staticmethod
     def _loaded(expert: ExpertConfig, ref) -> dict:
@@ -204,11 +211,11 @@ class ExpertPool:
     def _disk_cache(self, expert: ExpertConfig) -> DiskCache | None:
         if not self.team.cache_dir:
             return None
-        # the seed only in random poolings' keys: the runs of every seed then share deterministic states
+        # the seed only in random poolings' keys: the runs of every seed then share deterministic states.
+        # What the expert reads (template, system prompt, date, max_length) is in each prompt's key.
         seed = self.seed if uses_seed(self.team.pooling) else None
         fields = {"model": model_identity(expert.model), "name": expert.name, "dtype": expert.dtype,
-                  "pooling": self.team.pooling, "seed": seed, "max_length": expert.max_length,
-                  "system_prompt": self.system_prompt}
+                  "pooling": self.team.pooling, "seed": seed}
         safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in expert.name)
         directory = Path(self.team.cache_dir).expanduser() / f"{safe_name}-{fingerprint(fields)}"
         return DiskCache(directory, {k: str(v) for k, v in fields.items()})
@@ -282,12 +289,33 @@ class ExpertPool:
         """Pooled states of one expert [B, d_index]; the others do not run (hard routing)."""
         return self._encode([index], list(questions))[0]
 
+    def expert_input(self, index: int) -> ExpertInput:
+        """What expert `index` reads (its tokenizer, loaded once in this process; a local expert's own)."""
+        if self._inputs[index] is None:
+            worker = self.workers[index]
+            if isinstance(worker, ExpertWorker):
+                self._inputs[index] = worker.input
+            else:
+                e = self.team.experts[index]
+                try:
+                    tokenizer = load_tokenizer(e.model, trust_remote_code=e.trust_remote_code)
+                except Exception as err:  # noqa: BLE001 - every failure must name the expert
+                    raise ExpertLoadError(f"expert {e.name!r} ({e.model}): its tokenizer failed to load: {one_line(err)}") from None
+                self._inputs[index] = ExpertInput(tokenizer, self.system_prompt, self.team.template_date, e.max_length)
+        return self._inputs[index]
+
     def _encode(self, indices, questions: list[str]) -> list[torch.Tensor]:
-        plans = {i: self._caches[i].plan(questions) for i in indices}
-        pending = {i: self._call(i, "encode", todo) for i, (_, todo) in plans.items() if todo}
+        distinct = list(dict.fromkeys(questions))
+        keys, todo, pending = {}, {}, {}
+        for i in indices:
+            ids = dict(zip(distinct, self.expert_input(i).ids(distinct)))
+            keys[i] = [prompt_key(ids[q]) for q in questions]
+            todo[i] = self._caches[i].plan(keys[i])  # positions of the distinct uncached keys
+            if todo[i]:
+                pending[i] = self._call(i, "encode_ids", [ids[questions[k]] for k in todo[i]])
         for i, states in zip(pending, self._wait(list(pending.values()))):
-            self._caches[i].add(plans[i][1], states)
-        return [self._gather(i, plans[i][0]) for i in indices]
+            self._caches[i].add([keys[i][k] for k in todo[i]], states)
+        return [self._gather(i, keys[i]) for i in indices]
 
     def _gather(self, index: int, keys: list[bytes]) -> torch.Tensor:
         if not keys:

@@ -7,9 +7,10 @@ Poolings (DESIGN.md section 1 and the paper's ablation):
     first_layer   embedding output (hidden_states[0]), last real token
     random_layer  a random layer in 0..L (0 = embeddings), last real token
 
-"Random" is a per-prompt choice derived from a hash of (seed, expert name, question): the same
-prompt always gets the same token or layer, alone or in any batch, in any process. (Python's
-`hash()` is salted per process, so we use sha256.)
+"Random" is a per-prompt choice derived from a hash of (seed, expert name, prompt), where the worker
+names the prompt by its cache key (the hash of the token ids it reads): the same prompt always gets
+the same token or layer, alone or in any batch, in any process. (Python's `hash()` is salted per
+process, so we use sha256.)
 """
 
 from __future__ import annotations

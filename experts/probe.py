@@ -3,6 +3,8 @@
 For every expert of a team: name, architecture, parameters, hidden size, tokenizer vocabulary,
 load time, and the median latency of encoding a batch of prompts (the task's system prompt through
 the expert's own chat template), measured inside the expert's worker after a warm-up.
+`--show-input QUESTION` instead prints what each expert reads for one question (the rendered text
+and its token count, from the tokenizers alone: no model loads).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import statistics
 
 from experts.config import TeamConfig
+from experts.models import load_tokenizer
 from experts.pool import ExpertPool
+from experts.prompt import ExpertInput
 
 PROBE_QUESTIONS = (
     "What is 17 + 25?",
@@ -63,3 +67,32 @@ def format_probe(rows: list[dict]) -> str:
         lines.append(f"(latency: median of encoding a batch of {rows[0]['batch']} prompts, "
                      f"{rows[0]['backend']} backend)")
     return "\n".join(lines)
+
+
+def read_inputs(team: TeamConfig, system_prompt: str | None, question: str) -> list[dict]:
+    """What each expert of `team` reads for `question` (the same ExpertInput the pool keys its cache
+    on): who, model, chat (how its template lays the prompt out), tokens read, tokens cut, text."""
+    rows = []
+    for e in team.experts:
+        reader = ExpertInput(load_tokenizer(e.model, trust_remote_code=e.trust_remote_code), system_prompt,
+                             team.template_date, e.max_length)
+        (ids,), (full,) = reader.ids([question]), reader.ids([question], cut=False)
+        rows.append({"who": f"expert {e.name}", "model": e.model, "chat": reader.format.describe(),
+                     "tokens": len(ids), "cut": len(full) - len(ids), "text": reader.text(question)})
+    return rows
+
+
+END_OF_TEXT = "[end]"  # printed right after a text, so its trailing spaces and newlines show
+
+
+def format_inputs(rows: list[dict]) -> str:
+    """Each row's header (who, model, token count, chat layout) and the exact text it reads."""
+    blocks = []
+    for r in rows:
+        if "note" in r:
+            blocks.append(f"=== {r['who']} ({r['model']}): {r['note']}")
+            continue
+        cut = f" (the text's first {r['cut']} tokens are cut: max_length)" if r.get("cut") else ""
+        head = f"=== {r['who']} ({r['model']}): reads {r['tokens']} tokens{cut}; {r['chat']}"
+        blocks.append(f"{head}\n{r['text']}{END_OF_TEXT}")
+    return "\n".join(blocks)

@@ -52,6 +52,10 @@ def cmd_data_show(args: argparse.Namespace) -> None:
         tokenizer = None
         print(f"musketeers: note: {str(e).rstrip('.')}; the prompts below use the plain layout, not the policy's chat template",
               file=sys.stderr)
+    if tokenizer is not None:
+        from experts.prompt import chat_format
+
+        chat_format(tokenizer, cfg.team.template_date)  # the date the policy's template reads, as in training
     for k in range(min(args.n, len(rows))):
         row = rows[k]
         gold = reference_completion(row, prefill=cfg.task.assistant_prefill)
@@ -75,11 +79,34 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 
 def cmd_experts_probe(args: argparse.Namespace) -> None:
-    from experts.probe import format_probe, probe_team
+    from experts.probe import format_inputs, format_probe, probe_team, read_inputs
     from musketeers.data import system_prompt
 
     cfg = load_run_config(args.task, [f"team={args.team}", *args.overrides])
+    if args.show_input is not None:
+        rows = read_inputs(cfg.team, system_prompt(cfg.task), args.show_input)
+        print(format_inputs([*rows, _policy_input(cfg, args.show_input)]))
+        return
     print(format_probe(probe_team(cfg.team, system_prompt(cfg.task), backend=args.backend)))
+
+
+def _policy_input(cfg: RunConfig, question: str) -> dict:
+    """What the policy reads for `question` (build_prompt, tokenised as TRL and evaluation tokenise
+    prompts), in experts.probe.format_inputs' row form."""
+    from experts.models import ModelLoadError, ModelRefError, load_tokenizer
+    from experts.prompt import chat_format
+    from musketeers.data import build_prompt
+
+    row = {"who": "policy", "model": cfg.policy.model}
+    try:
+        tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
+    except ModelRefError:
+        raise
+    except ModelLoadError as e:  # e.g. a hub policy offline: the experts' inputs are still worth seeing
+        return {**row, "note": f"not shown: {str(e).rstrip('.')}"}
+    chat = chat_format(tokenizer, cfg.team.template_date)
+    text = build_prompt(question, tokenizer, cfg.task)
+    return {**row, "chat": chat.describe(), "tokens": len(tokenizer(text=text)["input_ids"]), "text": text}
 
 
 def cmd_experts_precompute(args: argparse.Namespace) -> None:
@@ -133,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     probe.add_argument("--task", default="arithmetic", help="the task whose system prompt experts read (default arithmetic)")
     probe.add_argument("--backend", choices=["ray", "local"], help="override the team's backend")
+    probe.add_argument("--show-input", metavar="QUESTION",
+                       help="print what each expert and the policy read for QUESTION (text and token count; loads tokenizers only)")
     probe.set_defaults(func=cmd_experts_probe)
     precompute = with_task(experts.add_parser(
         "precompute", help="compute every pooled state of a task's training and evaluation prompts into team.cache_dir"))

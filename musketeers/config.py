@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from experts.config import TeamConfig
+from experts.config import TeamConfig, parse_template_date
 from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS  # the one registry of methods
 
@@ -442,6 +442,10 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
     names = [e.name for e in cfg.team.experts]
     if len(set(names)) != len(names):
         fail("team.experts", f"expert names must be unique, got {names}")
+    try:
+        parse_template_date(cfg.team.template_date)
+    except ValueError as e:
+        fail("team.template_date", str(e))
     _validate_models(cfg, fail)
 
     a, t = cfg.adapter, cfg.training

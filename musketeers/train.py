@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback, set_seed
 
 from experts.models import load_model
+from experts.prompt import chat_format
 from musketeers.adapters import count_trainable
 from musketeers.conditioning import build_conditioner, start_experts
 from musketeers.config import ConfigError, RunConfig
@@ -74,9 +75,11 @@ def build_policy(cfg: RunConfig):
     start = time.perf_counter()
     model, tokenizer = load_model(cfg.policy.model, dtype=cfg.policy.dtype, device="auto",
                                   trust_remote_code=cfg.policy.trust_remote_code)
+    chat = chat_format(tokenizer, cfg.team.template_date)  # decided once: what build_prompt renders
     weights = model.get_input_embeddings().weight
-    log.info("loaded policy %s: %s, %.1fM parameters, %s on %s, in %.1f s", cfg.policy.model, model.config.model_type,
-             model.num_parameters() / 1e6, str(weights.dtype).removeprefix("torch."), weights.device, time.perf_counter() - start)
+    log.info("loaded policy %s: %s, %.1fM parameters, %s on %s, %s, in %.1f s", cfg.policy.model, model.config.model_type,
+             model.num_parameters() / 1e6, str(weights.dtype).removeprefix("torch."), weights.device, chat.describe(),
+             time.perf_counter() - start)
     lora = cfg.policy.lora
     modules = {name.split(".")[-1] for name, _ in model.named_modules()}
     missing = [m for m in lora.target_modules if m not in modules]

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from experts import POOLINGS, ExpertLoadError, ExpertPool, ExpertWorker, prompt_choice
+from experts.cache import prompt_key
 from experts.config import ExpertConfig, TeamConfig
 from experts.probe import format_probe, probe_team
 from musketeers.config import TaskConfig
@@ -96,7 +97,7 @@ def direct_forward(worker, question: str, pooling: str) -> torch.Tensor:
     ids = tok(text, add_special_tokens=not tok.chat_template)["input_ids"][-worker.expert.max_length:]
     with torch.no_grad():
         states = worker.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
-    choice = prompt_choice(SEED, worker.expert.name, question)
+    choice = prompt_choice(SEED, worker.expert.name, prompt_key(ids).hex())  # a random choice follows the ids read
     last_layer, last_token = len(states) - 1, len(ids) - 1
     layer, token = {
         "last_token": (last_layer, last_token),
