@@ -95,8 +95,8 @@ def _path(identity: dict[str, Any]) -> Path:
     return cache_dir() / "data" / f"{identity['split']}-{key}.jsonl"
 
 
-def _read(path: Path, identity: dict[str, Any]) -> Split | None:
-    """The split in `path`, or None when there is none; a damaged file is reported and ignored."""
+def _read(path: Path, identity: dict[str, Any], report: bool = True) -> Split | None:
+    """The split in `path`, or None when there is none or it is damaged (reported in one line if `report`)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -116,7 +116,8 @@ def _read(path: Path, identity: dict[str, Any]) -> Split | None:
     except (ValueError, AttributeError) as e:
         problem = f"unreadable ({type(e).__name__})"
     if problem:
-        log.warning("data cache file %s is damaged (%s); generating it again", path, problem)
+        if report:
+            log.warning("data cache file %s is damaged (%s); generating it again", path, problem)
         return None
     return Split(rows, path, header["sha256"], header.get("relocated", 0), header)
 
@@ -177,7 +178,7 @@ def _materialised(task: TaskConfig, split: str, workers: _Workers) -> Split:
     validation = _materialised(task, "validation", workers) if split == "train" else None
     identity = _identity(task, split, validation.sha256 if validation else None)
     path = _path(identity)
-    found = _read(path, identity)
+    found = _read(path, identity, report=False)  # without the lock: a damaged file is reported under it
     if found is not None:
         return found
     with _lock(path):
@@ -238,7 +239,7 @@ class _Workers:
         step = max(1, -(-size // (len(self.procs) * CHUNKS_PER_WORKER)))
         chunks = [(a, min(a + step, size)) for a in range(0, size, step)]
         results: list[Any] = [None] * size
-        errors: list[str] = []
+        errors: list[dict] = []
         lock = threading.Lock()
         with tqdm(total=size, desc=desc, unit="item") as bar:
             def serve(proc: subprocess.Popen) -> None:
@@ -256,19 +257,21 @@ class _Workers:
             for t in threads:
                 t.join()
         if errors:
-            raise RuntimeError(errors[0])
+            from musketeers.config import ConfigError
+
+            raise (ConfigError if errors[0].get("user_error") else RuntimeError)(errors[0]["error"])
         return results
 
 
-def _run_chunk(proc: subprocess.Popen, job: dict[str, Any], results: list, bar, lock: threading.Lock) -> str | None:
-    """Send one chunk to a worker and store its rows; an error message if it failed."""
+def _run_chunk(proc: subprocess.Popen, job: dict[str, Any], results: list, bar, lock: threading.Lock) -> dict | None:
+    """Send one chunk to a worker and store its rows; its error reply if it failed."""
     try:
         proc.stdin.write(json.dumps(job) + "\n")
         proc.stdin.flush()
         for line in proc.stdout:
             reply = json.loads(line)
             if "error" in reply:
-                return reply["error"]
+                return reply
             if "done" in reply:
                 return None
             results[reply["k"]] = (reply["row"], reply["probes"])
@@ -278,7 +281,7 @@ def _run_chunk(proc: subprocess.Popen, job: dict[str, Any], results: list, bar, 
         pass
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
-    return f"a data generation worker died (exit code {proc.poll()}); its error is printed above"
+    return {"error": f"a data generation worker died (exit code {proc.poll()}); its error is printed above"}
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -300,6 +303,10 @@ def _row(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class ProblemSpaceTooSmall(ValueError):
+    """Raised in a worker; the parent raises it as a ConfigError (a user error: one line in the CLI)."""
+
+
 def generate_item(dataset, k: int, size: int, excluded: set[str]) -> tuple[dict[str, Any], int]:
     """Position k of a split and its probe count r: composite item k + r*size for the first r whose
     question is not excluded (musketeers.data: why the probe sequences of two positions never meet)."""
@@ -307,8 +314,8 @@ def generate_item(dataset, k: int, size: int, excluded: set[str]) -> tuple[dict[
         item = dataset[k + r * size]
         if question_key(item["question"]) not in excluded:
             return _row(item), r
-    raise RuntimeError(f"training position {k}: {MAX_PROBES} candidates all occur in validation; "
-                       "the task's problem space is too small for this validation_size")
+    raise ProblemSpaceTooSmall(f"task.validation_size: training position {k}: {MAX_PROBES} candidates all occur "
+                               "in validation; the task's problem space is too small for this validation_size")
 
 
 def _serve() -> int:
@@ -324,16 +331,18 @@ def _serve() -> int:
     for line in sys.stdin:
         job = json.loads(line)
         ident = json.dumps([job["datasets"], job["seed"], job["size"]])
-        if ident not in composites:
-            composites[ident] = _composite(job["datasets"], job["seed"], job["size"])
         excluded = set(job["excluded"])
         try:
+            if ident not in composites:
+                composites[ident] = _composite(job["datasets"], job["seed"], job["size"])
             for k in range(job["start"], job["stop"]):
                 row, probes = generate_item(composites[ident], k, job["size"], excluded)
                 replies.write(json.dumps({"k": k, "probes": probes, "row": row}) + "\n")
                 replies.flush()
         except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
-            replies.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+            user_error = isinstance(e, ProblemSpaceTooSmall)
+            replies.write(json.dumps({"error": str(e) if user_error else f"{type(e).__name__}: {e}",
+                                      "user_error": user_error}) + "\n")
             replies.flush()
             return 1
         replies.write('{"done": true}\n')
