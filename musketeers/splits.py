@@ -71,6 +71,9 @@ class Split(Sequence):
     def __getitem__(self, k):
         return self.rows[k]
 
+    def __iter__(self):
+        return iter(self.rows)
+
 
 # ----------------------------------------------------------------------------- identity and files
 
