@@ -36,6 +36,9 @@ from experts.errors import MusketeersError
 log = logging.getLogger(__name__)
 
 MARKER = ".musketeers-complete.json"
+# bump whenever the converted folder changes (what _load_gguf / _save_converted write): it is part of
+# embedded_identity, so old folders are converted again and expert-state caches keyed by it start afresh
+CONVERTER_FORMAT = 1
 
 
 class ModelLoadError(MusketeersError, RuntimeError):
@@ -161,8 +164,10 @@ def _embedded_source(spec: EmbeddedModel) -> Path:
 
 
 def embedded_identity(name: str) -> str:
+    """The weights an embedded reference loads: package version, and for converted models the converter's format."""
     spec = embedded_spec(name)
-    return f"embedded:{spec.name}@{_require_installed(spec)}"
+    identity = f"embedded:{spec.name}@{_require_installed(spec)}"
+    return identity if spec.source == "folder" else f"{identity}+converter{CONVERTER_FORMAT}"
 
 
 # --------------------------------------------------------------------------- cache + conversion

@@ -1,10 +1,14 @@
-"""Task data: a task family becomes lazily generated training and validation rows, and prompts.
+"""Task data: a task family becomes training and validation rows, and prompts.
 
 Every row is a dict with the columns the rewards read (see rewards/):
     question  the task text
     answer    the gold answer (GSM8K: the full solution ending in "#### N")
     task      the source dataset ("gsm8k" for GSM8K)
     entry     the Reasoning Gym item as JSON, for its dataset's own score_answer ("" for GSM8K)
+
+Identical in every process. Some Reasoning Gym datasets depend on Python's per-process hash seed, so
+Reasoning Gym splits are generated once, by worker interpreters with PYTHONHASHSEED=0, into checksummed
+files of the cache, and read from there by every process (musketeers/splits.py).
 
 Disjointness, by construction. Reasoning Gym derives item `idx` of a dataset seeded `s` from
 `Random(s + idx)` (a composite seeds its i-th dataset `s + i + 1`), so two nearby seeds give
@@ -13,34 +17,25 @@ the same items shifted by the seed difference: a second seed is NOT a disjoint s
     whose random streams lie far from any stream the training set reads;
   * training position k reads composite item k seeded `task.data_seed`; if that question also occurs
     in validation (small problem spaces repeat questions), it reads k + S, k + 2S, ... instead
-    (S = train_size); these probe sequences never meet, so positions stay distinct and random
-    access stays O(1).
-So no validation question ever appears in training; `disjointness_report` checks it at full size.
+    (S = train_size); these probe sequences never meet, so positions stay distinct.
+The training file is generated from the validation file beside it (its key holds that file's sha256),
+so no validation question ever appears in training; `disjointness_report` checks it at full size.
 GSM8K trains on its train split minus any question of the official test split.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from experts.prompt import chat_prompt
 from musketeers.config import ConfigError, TaskConfig
+from musketeers.splits import MAX_PROBES, VALIDATION_SEED_OFFSET, materialised, question_key
 
-VALIDATION_SEED_OFFSET = 10_000_000
-MAX_PROBES = 100  # training probes k + r*S for r < MAX_PROBES; S * MAX_PROBES stays below the offset
 SPLITS = ("train", "validation", "test")
 GSM8K_HUB_ID = "openai/gsm8k"
-
-
-def question_key(question: str) -> str:
-    """A question's identity for overlap checks: whitespace-normalised, hashed."""
-    return hashlib.sha1(" ".join(question.split()).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -69,100 +64,6 @@ def build_prompt(question: str, tokenizer: Any, task: TaskConfig, hints: Sequenc
     the "[Expert Hints]" block, a blank line, then the question: the hints are a prefix to the question."""
     user = f"{hints_block(hints)}\n\n{question}" if hints else question
     return chat_prompt(user, tokenizer, system_prompt(task)) + task.assistant_prefill
-
-
-# ----------------------------------------------------------------------------- Reasoning Gym
-
-
-def _composite(task: TaskConfig, seed: int, size: int):
-    from reasoning_gym.composite import CompositeConfig, CompositeDataset, DatasetSpec
-
-    specs = [DatasetSpec(name=d.name, weight=d.weight, config=dict(d.config)) for d in task.datasets]
-    return CompositeDataset(CompositeConfig(size=size, seed=seed, datasets=specs))
-
-
-def _rg_row(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "question": item["question"],
-        "answer": "" if item["answer"] is None else str(item["answer"]),
-        "task": item["metadata"]["source_dataset"],
-        "entry": json.dumps(item, default=str),
-    }
-
-
-class ValidationSplit(Sequence):
-    """Reasoning Gym validation rows, generated on access."""
-
-    def __init__(self, task: TaskConfig):
-        self.size = task.validation_size
-        self.dataset = _composite(task, task.data_seed + VALIDATION_SEED_OFFSET, self.size)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        if not 0 <= k < self.size:
-            raise IndexError(k)
-        return _rg_row(self.dataset[k])
-
-    def question_keys(self, progress: bool = False) -> set[str]:
-        items = range(self.size)
-        if progress:
-            from tqdm import tqdm
-
-            items = tqdm(items, desc="validation questions", unit="item")
-        return {question_key(self.dataset[k]["question"]) for k in items}
-
-
-class TrainSplit(Sequence):
-    """Reasoning Gym training rows, generated on access, never a validation question."""
-
-    def __init__(self, task: TaskConfig, validation: ValidationSplit):
-        if task.train_size * MAX_PROBES >= VALIDATION_SEED_OFFSET:
-            raise ConfigError(f"task.train_size: at most {VALIDATION_SEED_OFFSET // MAX_PROBES - 1}, got {task.train_size}")
-        self.size = task.train_size
-        self.dataset = _composite(task, task.data_seed, self.size)
-        self.validation = validation
-        self._excluded: set[str] | None = None
-
-    def excluded(self) -> set[str]:
-        """Question keys of the validation split, computed once (cached on disk across runs)."""
-        if self._excluded is None:
-            self._excluded = _cached_keys(self.validation)
-        return self._excluded
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        if not 0 <= k < self.size:
-            raise IndexError(k)
-        excluded = self.excluded()
-        for r in range(MAX_PROBES):
-            item = self.dataset[k + r * self.size]
-            if question_key(item["question"]) not in excluded:
-                return _rg_row(item)
-        raise RuntimeError(f"training position {k}: {MAX_PROBES} candidates all occur in validation; "
-                           "the task's problem space is too small for this validation_size")
-
-
-def _cached_keys(validation: ValidationSplit) -> set[str]:
-    """Validation question keys, cached on disk by the identity of the generated items."""
-    from experts.models import cache_dir
-
-    import reasoning_gym
-
-    ident = json.dumps([reasoning_gym.__version__, validation.dataset.config.seed, validation.size,
-                        [(d.name, d.weight, d.config) for d in validation.dataset.config.datasets]], default=str)
-    path = cache_dir() / "data" / f"validation-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.json"
-    if path.exists():
-        return set(json.loads(path.read_text()))
-    keys = validation.question_keys(progress=validation.size >= 1000)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(sorted(keys), f)
-    os.replace(f.name, path)  # atomic: a crash never leaves a half-written cache
-    return keys
 
 
 # ----------------------------------------------------------------------------- GSM8K
@@ -194,8 +95,9 @@ def check_split(task: TaskConfig, split: str) -> None:
 
 
 def load_split(task: TaskConfig, split: str) -> Sequence[dict[str, Any]]:
-    """Rows of a task's split. Reasoning Gym: train | validation; GSM8K: train | test (the
-    official test split is also returned for "validation", where GSM8K has no other)."""
+    """Rows of a task's split. Reasoning Gym: train | validation, read from the cache (generated into it
+    once, the same in every process: musketeers/splits.py); GSM8K: train | test (the official test
+    split is also returned for "validation", where GSM8K has no other)."""
     check_split(task, split)
     if task.source == "gsm8k":
         test = _gsm8k_rows(task, "test")
@@ -203,24 +105,19 @@ def load_split(task: TaskConfig, split: str) -> Sequence[dict[str, Any]]:
             return test
         held_out = {question_key(r["question"]) for r in test}
         return [r for r in _gsm8k_rows(task, "train") if question_key(r["question"]) not in held_out]
-    validation = ValidationSplit(task)
-    return validation if split == "validation" else TrainSplit(task, validation)
-
-
-def iter_keys(rows: Sequence[dict[str, Any]], desc: str) -> Iterator[str]:
-    from tqdm import tqdm
-
-    for k in tqdm(range(len(rows)), desc=desc, unit="item", disable=len(rows) < 1000):
-        yield question_key(rows[k]["question"])
+    if split == "train" and task.train_size * MAX_PROBES >= VALIDATION_SEED_OFFSET:
+        raise ConfigError(f"task.train_size: at most {VALIDATION_SEED_OFFSET // MAX_PROBES - 1}, got {task.train_size}")
+    return materialised(task, split)
 
 
 def disjointness_report(task: TaskConfig) -> dict[str, Any]:
-    """Generate both splits in full and count the questions they share (must be zero)."""
+    """Load both splits in full (generated into the cache first if needed) and count the questions they
+    share (must be zero)."""
     held_out_split = "test" if task.source == "gsm8k" else "validation"
+    train = load_split(task, "train")  # first: generating training generates validation with it
     held_out = load_split(task, held_out_split)
-    train = load_split(task, "train")
-    held_keys = set(iter_keys(held_out, held_out_split))
-    train_keys = list(iter_keys(train, "train"))
+    held_keys = {question_key(row["question"]) for row in held_out}
+    train_keys = [question_key(row["question"]) for row in train]
     shared = held_keys.intersection(train_keys)
     return {
         "task": task.name,

