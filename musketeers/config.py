@@ -139,8 +139,28 @@ class TrainingConfig:
 
 
 @dataclass
+class SecondaryRewardConfig:
+    """One of Reasoning Gym's secondary rewards (rewards.SECONDARY_REWARDS), added to the score times
+    `scaling` (Reasoning Gym's scaling_factor). Options left unset (None) take Reasoning Gym's defaults."""
+    name: str  # cosine | format | length
+    scaling: float = 1.0
+    preappend_thinking_token: bool | None = None  # format: prepend "<think>" before the check (default false)
+    max_score: float | None = None  # length: the full score (default 1.0)
+    max_output_length: int | None = None  # length: characters at which the term saturates (default 1024)
+
+    def options(self) -> dict[str, Any]:
+        """The options this entry sets, for rewards.make_reward_functions."""
+        return {key: value for key in ("preappend_thinking_token", "max_score", "max_output_length")
+                if (value := getattr(self, key)) is not None}
+
+
+@dataclass
 class RewardConfig:
-    format_weight: float = 0.0
+    """Reasoning Gym's reward recipe (rewards/functions.py): the score, if use_accuracy, plus each
+    secondary reward times its scaling. gsm8k_extraction: what a GSM8K completion's answer is (rewards/gsm8k.py)."""
+    use_accuracy: bool = True
+    secondary: list[SecondaryRewardConfig] = field(default_factory=list)
+    gsm8k_extraction: Literal["strict", "flexible"] = "strict"
 
 
 @dataclass
@@ -391,9 +411,24 @@ def load_resolved_config(path: Path) -> RunConfig:
     data = _read_yaml(Path(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    config = _build(RunConfig, data, "", str(path))
+    config = _build(RunConfig, _upgrade_reward(data), "", str(path))
     _validate(config, lambda key: str(path))
     return config
+
+
+def _upgrade_reward(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml written before reward.secondary read as today: its reward.format_weight w (the
+    weight of a stricter DeepSeekZero format check) becomes reward.secondary [{name: format, scaling: w}],
+    or nothing when w is 0 (accuracy only, as such a run trained). reward.gsm8k_extraction takes its
+    default, strict (such a run read a GSM8K reply without an <answer> tag by its last number)."""
+    reward = data.get("reward")
+    if not isinstance(reward, dict) or "format_weight" not in reward:
+        return data
+    reward = dict(reward)
+    weight = reward.pop("format_weight")
+    if weight:
+        reward["secondary"] = [{"name": "format", "scaling": weight}]
+    return {**data, "reward": reward}
 
 
 def _source_of(key: str, layers: list[_Layer]) -> str:
@@ -465,10 +500,10 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
             fail(f"training.{key}", f"must be positive, got {getattr(t, key)}")
     for key, value in (("training.beta", t.beta), ("training.weight_decay", t.weight_decay),
                        ("training.warmup_steps", t.warmup_steps), ("training.no_context_reward_every", t.no_context_reward_every),
-                       ("training.eval_every", t.eval_every),
-                       ("reward.format_weight", cfg.reward.format_weight)):
+                       ("training.eval_every", t.eval_every)):
         if value < 0:
             fail(key, f"must not be negative, got {value}")
+    _validate_reward(cfg, fail)
     _validate_report_to(t.report_to, fail)
     if t.eval_every and task.source == "reasoning_gym" and t.eval_size > task.validation_size:
         fail("training.eval_size", f"reads the first eval_size validation items, but task.validation_size is {task.validation_size}")
@@ -477,6 +512,36 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
     schedulers = [s.value for s in SchedulerType]
     if t.lr_scheduler_type not in schedulers:
         fail("training.lr_scheduler_type", f"unknown scheduler {t.lr_scheduler_type!r}{_choices_hint(t.lr_scheduler_type, schedulers)}")
+
+
+def _validate_reward(cfg: RunConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    import math
+
+    from rewards import SECONDARY_REWARDS
+
+    reward = cfg.reward
+    if not reward.use_accuracy and not reward.secondary:
+        fail("reward.use_accuracy", "false with no reward.secondary leaves nothing to train on")
+    names = [entry.name for entry in reward.secondary]
+    for i, entry in enumerate(reward.secondary):
+        key = f"reward.secondary[{i}]"
+        if entry.name not in SECONDARY_REWARDS:
+            fail(f"{key}.name", f"unknown secondary reward {entry.name!r}; valid: {', '.join(SECONDARY_REWARDS)}")
+        if entry.name in names[:i]:
+            fail(f"{key}.name", f"{entry.name!r} is listed twice; give each secondary reward once")
+        allowed = SECONDARY_REWARDS[entry.name][1]
+        for option in entry.options():
+            if option not in allowed:
+                fail(f"{key}.{option}", f"{entry.name} has no such option; its options: {', '.join(allowed) or 'none'}")
+        if not math.isfinite(entry.scaling):
+            fail(f"{key}.scaling", f"must be a finite number, got {entry.scaling}")
+        if entry.max_output_length is not None and entry.max_output_length < 1:
+            fail(f"{key}.max_output_length", f"must be at least 1, got {entry.max_output_length}")
+        if entry.max_score is not None and not 0 < entry.max_score <= 1:
+            fail(f"{key}.max_score", f"must be in (0, 1] (scores are), got {entry.max_score}")
+        if entry.preappend_thinking_token and cfg.task.assistant_prefill.lstrip().startswith("<think>"):
+            fail(f"{key}.preappend_thinking_token", "task.assistant_prefill already opens with <think>, which the format "
+                                                    "check reads; prepending another would fail every reply (set false)")
 
 
 def _validate_report_to(report_to: str, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:

@@ -90,11 +90,12 @@ def _number(logs: dict[str, Any], key: str) -> float | None:
 
 
 def step_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
-    """One optimizer step: reward, accuracy (the accuracy reward's mean), KL, the policy's token entropy,
-    routing entropy H when the method routes, and TRL's step time; keys TRL did not log are left out."""
+    """One optimizer step: reward (the weighted sum of the reward terms), accuracy (the share of completions
+    with the full score) and score (their mean score, partial credit included), KL, the policy's token
+    entropy, routing entropy H when the method routes, and TRL's step time; keys not logged are left out."""
     parts = [f"step {step:>{len(str(max_steps))}}/{max_steps}"]
-    for label, key, fmt in (("reward", "reward", ".3f"), ("accuracy", "rewards/accuracy/mean", ".3f"), ("KL", "kl", ".3g"),
-                            ("entropy", "entropy", ".3f"), ("routing H", "routing/entropy", ".3f")):
+    for label, key, fmt in (("reward", "reward", ".3f"), ("accuracy", "accuracy", ".3f"), ("score", "rewards/score/mean", ".3f"),
+                            ("KL", "kl", ".3g"), ("entropy", "entropy", ".3f"), ("routing H", "routing/entropy", ".3f")):
         value = _number(logs, key)
         if value is not None:
             parts.append(f"{label} {value:{fmt}}")
@@ -104,12 +105,14 @@ def step_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
 
 
 def eval_line(logs: dict[str, Any], step: int, items: int, split: str) -> str:
-    """One held-out evaluation (keys as the trainer logs them: eval_accuracy, eval_accuracy/<dataset>)."""
+    """One held-out evaluation (keys as the trainer logs them: eval_accuracy, eval_accuracy/<dataset>, eval_score)."""
     per_dataset = {k.removeprefix("eval_accuracy/"): v for k, v in logs.items() if k.startswith("eval_accuracy/")}
     detail = f" ({', '.join(f'{name} {v:.3f}' for name, v in per_dataset.items())})" if len(per_dataset) > 1 else ""
+    score = _number(logs, "eval_score")
+    scored = f", score {score:.3f}" if score is not None else ""
     runtime = _number(logs, "eval_runtime")
     took = f", {runtime:.1f} s" if runtime is not None else ""
-    return f"eval at step {step}: accuracy {logs['eval_accuracy']:.3f}{detail}, greedy, first {items} {split} items{took}"
+    return f"eval at step {step}: accuracy {logs['eval_accuracy']:.3f}{detail}{scored}, greedy, first {items} {split} items{took}"
 
 
 class StepPrinter(TrainerCallback):

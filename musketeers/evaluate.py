@@ -10,8 +10,13 @@ checkpoint), the experts (started as the team file says), the adapter g_phi (wei
 checkpoint's context_adapter.safetensors), the prompt (musketeers.data.build_prompt) and the
 completion budget (training.max_completion_length). Decoding is greedy and batched (the default, and
 the number the paper's tables compare with); each completion is scored with rewards.score_completion
-(assistant prefill honoured), and accuracy is the mean score (Reasoning Gym gives partial credit on a
-few datasets), solved the share of items with full score, overall and per source dataset.
+(assistant prefill honoured, GSM8K read as the run's reward.gsm8k_extraction says). Overall and per
+source dataset:
+  accuracy  the share of items that earn the full score (CORRECT_SCORE): an item is correct only
+            then, as Reasoning Gym's evaluation counts it
+  score     the mean score, partial credit included (a few Reasoning Gym datasets give some)
+Eval files written before these two names held `accuracy` (then the mean score) and `solved` (the
+full-score share); `read_eval_result` reads them as score and accuracy.
 
 --samples k [--temperature T] [--top-p P]: Reasoning Gym's own evaluation
 (training/evaluations/evaluate_model.py: 3 samples per item, T 0.6, top-p 0.9, the defaults here;
@@ -22,7 +27,8 @@ correct when it earns the full score (>= 1.0), as that script counts it (it sets
 to 0):
   mean@k  the mean over items of the share of an item's k samples that are correct
   pass@k  the share of items with at least one correct sample among k
-overall and per source dataset. T = 0 decodes greedily: mean@k = pass@k = greedy `solved`.
+  score   the mean score over all samples, partial credit included
+overall and per source dataset. T = 0 decodes greedily: mean@k = pass@k = greedy accuracy.
 
 --baseline: the base policy without LoRA and, for context methods, an adapter freshly initialised
 with the run's seed in the same order as `train()` builds it, i.e. exactly the g_phi the run started
@@ -58,7 +64,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: registering the CLI com
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_TEMPERATURE = 0.6  # Reasoning Gym's evaluate_model recipe
 DEFAULT_TOP_P = 0.9
-CORRECT_SCORE = 1.0  # a sample counts as correct from this score on (Reasoning Gym: full score)
+CORRECT_SCORE = 1.0  # an item or sample is correct from this score on: the full score (= rewards.FULL_SCORE)
 
 
 class EvalError(MusketeersError, ValueError):
@@ -247,18 +253,22 @@ class Evaluator:
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_rows(rows: list[dict[str, Any]], completions: list[str], prefill: str) -> list[float]:
+def score_rows(rows: list[dict[str, Any]], completions: list[str], cfg: RunConfig) -> list[float]:
+    """Each completion's score as training scores it (the task's prefill, reward.gsm8k_extraction)."""
     from rewards import score_completion
 
-    return [score_completion(c, r["answer"], r["task"], r["entry"], prefill=prefill) for r, c in zip(rows, completions, strict=True)]
+    prefill, extraction = cfg.task.assistant_prefill, cfg.reward.gsm8k_extraction
+    return [score_completion(c, r["answer"], r["task"], r["entry"], prefill=prefill, gsm8k_extraction=extraction)
+            for r, c in zip(rows, completions, strict=True)]
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _stats(scores: list[float]) -> dict[str, Any]:
-    """accuracy = mean score (Reasoning Gym gives partial credit on some datasets); solved = share
-    of items with full credit."""
-    n = len(scores)
-    return {"n": n, "accuracy": sum(scores) / n if n else float("nan"),
-            "solved": sum(s >= 1.0 for s in scores) / n if n else float("nan")}
+    """accuracy = share of items with the full score; score = mean score (module docstring)."""
+    return {"n": len(scores), "accuracy": _mean([s >= CORRECT_SCORE for s in scores]), "score": _mean(scores)}
 
 
 def _by_dataset(datasets: list[str], values: list) -> dict[str, list]:
@@ -269,20 +279,19 @@ def _by_dataset(datasets: list[str], values: list) -> dict[str, list]:
 
 
 def accuracy_summary(datasets: list[str], scores: list[float]) -> dict[str, Any]:
-    """Accuracy and solved share overall and per source dataset."""
+    """Accuracy and score overall and per source dataset."""
     return {**_stats(scores), "per_dataset": {name: _stats(s) for name, s in _by_dataset(datasets, scores).items()}}
 
 
 def _sampled_stats(item_scores: list[list[float]]) -> dict[str, Any]:
-    """mean@k and pass@k of items' k sample scores (module docstring; correct: score >= CORRECT_SCORE)."""
-    n = len(item_scores)
+    """mean@k, pass@k and score of items' k sample scores (module docstring; correct: score >= CORRECT_SCORE)."""
     correct = [[s >= CORRECT_SCORE for s in scores] for scores in item_scores]
-    return {"n": n, "mean@k": sum(sum(c) / len(c) for c in correct) / n if n else float("nan"),
-            "pass@k": sum(any(c) for c in correct) / n if n else float("nan")}
+    return {"n": len(item_scores), "mean@k": _mean([_mean(c) for c in correct]), "pass@k": _mean([any(c) for c in correct]),
+            "score": _mean([s for scores in item_scores for s in scores])}
 
 
 def sampled_summary(datasets: list[str], item_scores: list[list[float]]) -> dict[str, Any]:
-    """mean@k and pass@k overall and per source dataset, from each item's k sample scores."""
+    """mean@k, pass@k and score overall and per source dataset, from each item's k sample scores."""
     return {**_sampled_stats(item_scores),
             "per_dataset": {name: _sampled_stats(s) for name, s in _by_dataset(datasets, item_scores).items()}}
 
@@ -316,7 +325,7 @@ class HeldOut:
     def accuracy(self, model, tokenizer, conditioner) -> dict[str, Any]:
         """Accuracy overall and per dataset (accuracy_summary) of the policy as it is now, in eval mode."""
         completions = complete_rows(Evaluator.of(self.cfg, model, tokenizer, conditioner), self.rows)
-        scores = score_rows(self.rows, completions, self.cfg.task.assistant_prefill)
+        scores = score_rows(self.rows, completions, self.cfg)
         return accuracy_summary([r["task"] for r in self.rows], scores)
 
 
@@ -342,13 +351,14 @@ def evaluate(path: str | Path, split: str | None = None, limit: int | None = Non
         completions = complete_rows(evaluator, rows, batch_size, progress, desc=f"eval {split}", sampling=sampling)
     finally:
         evaluator.close()
-    scores = score_rows([r for r in rows for _ in range(k)], completions, cfg.task.assistant_prefill)
+    scores = score_rows([r for r in rows for _ in range(k)], completions, cfg)
     datasets = [r["task"] for r in rows]
     result = {
         "run_dir": str(run_dir), "checkpoint": None if baseline else str(checkpoint), "baseline": baseline,
         "task": cfg.task.name, "method": cfg.method, "team": cfg.team.name, "seed": cfg.seed,
         "split": split, "limit": limit, "split_size": len(all_rows), "decoding": "greedy" if sampling is None else "sampled",
         "max_completion_length": cfg.training.max_completion_length, "seconds": round(time.perf_counter() - start, 2),
+        **({"gsm8k_extraction": cfg.reward.gsm8k_extraction} if cfg.task.source == "gsm8k" else {}),
     }
     if sampling is None:
         result.update(**accuracy_summary(datasets, scores),
@@ -370,8 +380,23 @@ def evaluate(path: str | Path, split: str | None = None, limit: int | None = Non
 # ----------------------------------------------------------------------------- CLI
 
 
+def read_eval_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An eval JSON with today's fields. One written before accuracy meant the full-score share holds
+    `solved` (the full-score share) and `accuracy` (the mean score): they become accuracy and score,
+    overall and per dataset, and `old_fields` says it was converted."""
+    if result is None or "solved" not in result:
+        return result
+
+    def convert(stats: dict[str, Any]) -> dict[str, Any]:
+        rest = {k: v for k, v in stats.items() if k not in ("solved", "accuracy")}
+        return {**rest, "accuracy": stats["solved"], "score": stats["accuracy"]}
+
+    per_dataset = {name: convert(d) for name, d in result.get("per_dataset", {}).items()}
+    return {**convert(result), "per_dataset": per_dataset, "old_fields": True}
+
+
 def format_result(result: dict[str, Any]) -> str:
-    """A markdown table per dataset and overall: accuracy and solved (greedy), or mean@k and pass@k."""
+    """A markdown table per dataset and overall: accuracy and score (greedy), or mean@k and pass@k."""
     what = "untrained baseline" if result["baseline"] else result["checkpoint"]
     sampled = result["decoding"] == "sampled"
     decoding = (f"{result['samples']} samples per item at temperature {result['temperature']:g}, top-p {result['top_p']:g}"
@@ -382,7 +407,7 @@ def format_result(result: dict[str, Any]) -> str:
         k = result["samples"]
         columns, keys = f"mean@{k} (correct samples) | pass@{k} (items with a correct sample)", ("mean@k", "pass@k")
     else:
-        columns, keys = "accuracy (mean score) | solved (full score)", ("accuracy", "solved")
+        columns, keys = "accuracy (full score) | score (mean, partial credit)", ("accuracy", "score")
     lines = [head, "", f"| dataset | n | {columns} |", "| --- | ---: | ---: | ---: |"]
     for name, d in [*result["per_dataset"].items(), ("**all**", result)]:
         lines.append(f"| {name} | {d['n']} | {100 * d[keys[0]]:.2f}% | {100 * d[keys[1]]:.2f}% |")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ import numpy as np
 from musketeers.report import Group, Run, change_from_start, mean_std, routing_keys, task_rank
 
 
-def series_matrix(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps logged by any run, and values [runs, steps] (NaN where a run did not log `key`)."""
-    series = [r.series(key) for r in runs]
+def series_matrix(runs: list[Run], key: str | Callable[[Run], dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Steps logged by any run, and values [runs, steps] (NaN where a run did not log `key`, a metric's
+    name or a Run method giving step -> value)."""
+    series = [r.series(key) if isinstance(key, str) else key(r) for r in runs]
     steps = np.array(sorted(set().union(*series)), dtype=int)
     return steps, np.array([[s.get(int(k), np.nan) for k in steps] for s in series], dtype=float).reshape(len(runs), -1)
 
@@ -136,14 +138,14 @@ def plot_without_context(task: str, groups: list[Group], path: Path) -> str | No
     ablated = [g for g in groups if any(r.series("reward_without_context") for r in g.runs)]
     if not ablated:
         return "no run logged reward_without_context (set training.no_context_reward_every)"
-    fig, (ax,) = new_figure(f"Reward with vs without context tokens C, task {task}")
+    fig, (ax,) = new_figure(f"Score with vs without context tokens C, task {task}")
     for g in ablated:
         steps, without = series_matrix(g.runs, "reward_without_context")
-        with_c = np.array([[r.series("reward").get(int(s), np.nan) for s in steps] for r in g.runs])
+        with_c = np.array([[score.get(int(s), np.nan) for s in steps] for score in map(Run.score_series, g.runs)])
         mean_band(ax, steps, with_c, f"{g.label}: with C", marker="o")
         mean_band(ax, steps, without, f"{g.label}: without C", linestyle="--", marker="x")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("reward (training)")
+    ax.set_ylabel("mean score (training, without secondary rewards)")
     ax.legend(fontsize=7)
     save_figure(fig, path)
     return None
@@ -175,12 +177,12 @@ def plot_queries(task: str, groups: list[Group], path: Path) -> str | None:
 
 
 def plot_eval_accuracy(task: str, groups: list[Group], path: Path) -> str | None:
-    evaluated = [g for g in groups if any(r.series("eval/accuracy") for r in g.runs)]
+    evaluated = [g for g in groups if any(r.held_out_accuracy() for r in g.runs)]
     if not evaluated:
-        return "no run logged eval/accuracy (set training.eval_every)"
+        return "no run logged eval/accuracy as the full-score share (set training.eval_every)"
     fig, (ax,) = new_figure(f"Held-out accuracy during training (greedy, training.eval_every), task {task}")
     for g in evaluated:
-        mean_band(ax, *series_matrix(g.runs, "eval/accuracy"), g.label, marker="o")
+        mean_band(ax, *series_matrix(g.runs, Run.held_out_accuracy), g.label, marker="o")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("eval/accuracy")
     ax.legend(fontsize=7)

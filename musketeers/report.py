@@ -9,15 +9,23 @@ a column a task. Cells are mean +- std over seeds, std with ddof=1 (the sample s
 
 Numbers, named for what they are:
   * held-out accuracy: `accuracy` of the eval JSON that `musketeers eval` wrote next to the run's
-    final/ (or last) checkpoint; a cell shows "—" when none of its runs has one, and "(k of n
-    seeds)" when only some have;
+    final/ (or last) checkpoint, the share of items with the full score (its mean score, `score`, is
+    in the runs table); a cell shows "—" when none of its runs has one, and "(k of n seeds)" when only
+    some have. Eval JSONs written before accuracy meant that hold `solved` and `accuracy` (the mean
+    score): they are read as accuracy and score (musketeers.evaluate.read_eval_result), and the report
+    says how many;
   * training reward: the mean `reward` over the last 10% of a run's logged steps (at least one step);
-    always available, but it is the sampled (temperature 1) reward on training prompts, not accuracy;
+    always available, but it is the sampled (temperature 1) reward on training prompts, the weighted sum
+    of the reward terms (reward.secondary), not accuracy;
   * held-out accuracy during training: `eval/accuracy` that a run with training.eval_every logged (greedy, on
-    the first training.eval_size items of the same split); the runs table shows the last one, a plot all;
+    the first training.eval_size items of the same split); the runs table shows the last one, a plot all.
+    Runs that logged it before it meant the full-score share (they logged no eval/score; theirs was the
+    mean score) are left out, and the report says so;
   * rho: Spearman rank correlation between a run's reward and routing-entropy series
     (musketeers.metrics.spearman_rho; runs without routing entropy have none);
-  * reward with and without C (Figure 5): both on the steps that logged `reward_without_context`;
+  * score with and without C (Figure 5): on the steps that logged `reward_without_context`, which is the
+    mean score of completions sampled without C (the trainer's first reward function), beside the mean
+    score with C (rewards/score/mean; rewards/accuracy/mean in runs from before it was renamed);
   * expert utilisation u_i (Figure 4): at the first logged step, at the end (last 10%) and the change.
 
 Rows of one method and team come in a reader's order: numbers by value (Figure 6's m), poolings as
@@ -43,6 +51,7 @@ from musketeers.methods import METHODS
 from musketeers.rundir import CONFIG_FILE, is_run_dir, read_config, read_eval, read_metrics, team_name
 
 LAST_FRACTION = 0.1
+SCORE_KEYS = ("rewards/score/mean", "rewards/accuracy/mean")  # the score function's mean; the second: its old name
 TASK_ORDER = ("algorithmic", "arithmetic", "logic", "gsm8k")
 IGNORED_KEYS = ("seed", "output_dir")
 
@@ -92,6 +101,15 @@ class Run:
         k = max(1, math.ceil(LAST_FRACTION * len(rewards)))
         return float(np.mean(rewards[-k:]))
 
+    def score_series(self) -> dict[int, float]:
+        """step -> mean score of the step's completions (the score reward function's mean)."""
+        return next((found for key in SCORE_KEYS if (found := self.series(key))), {})
+
+    def held_out_accuracy(self) -> dict[int, float]:
+        """step -> eval/accuracy logged during training; {} for a run that logged it as the mean score
+        (before eval/score existed)."""
+        return self.series("eval/accuracy") if self.series("eval/score") else {}
+
     def rho(self) -> float:
         """Spearman rho between reward and routing entropy over the steps that logged both."""
         from musketeers.metrics import spearman_rho  # torch and scipy: imported when needed
@@ -117,15 +135,15 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 def load_run(run_dir: Path) -> Run:
-    from musketeers.evaluate import default_split
+    from musketeers.evaluate import default_split, read_eval_result
 
     cfg = read_config(run_dir)
     split = default_split(cfg)
     settings = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in IGNORED_KEYS}
     if not METHODS[cfg.method].experts:  # experts and adapter do not exist for it
         settings = {k: v for k, v in settings.items() if not k.startswith(("team.", "adapter."))}
-    return Run(run_dir, cfg, read_metrics(run_dir), read_eval(run_dir, split), read_eval(run_dir, split, baseline=True),
-               settings)
+    return Run(run_dir, cfg, read_metrics(run_dir), read_eval_result(read_eval(run_dir, split)),
+               read_eval_result(read_eval(run_dir, split, baseline=True)), settings)
 
 
 # ----------------------------------------------------------------------------- groups
@@ -246,18 +264,19 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def runs_table(runs: list[Run]) -> str:
-    """One line per run: steps, final training reward, held-out accuracy (from `musketeers eval`, and the last
-    one logged during training, training.eval_every) and rho."""
+    """One line per run: steps, final training reward, held-out accuracy and score (from `musketeers eval`),
+    the last accuracy logged during training (training.eval_every) and rho."""
     lines = ["| run | task | method | team | seed | steps | training reward (%, last 10%) | held-out accuracy (%) | "
-             "eval/accuracy during training (%) | rho(reward, entropy) |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "held-out score (%) | eval/accuracy during training (%) | rho(reward, entropy) |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(runs, key=lambda r: (task_rank(r.task), _method_rank(r.cfg.method), r.path.name)):
         acc = f"{100 * r.eval['accuracy']:.2f} (n={r.eval['n']})" if r.eval else "—"
-        during = sorted(r.series("eval/accuracy").items())
+        score = _fmt(100 * r.eval["score"], 2) if r.eval and r.eval.get("score") is not None else "—"
+        during = sorted(r.held_out_accuracy().items())
         last = f"{100 * during[-1][1]:.2f} (step {during[-1][0]})" if during else "—"
         steps = r.rows[-1]["step"] if r.rows else 0
         lines.append(f"| {r.path.name} | {r.task} | {r.cfg.method} | {r.team} | {r.cfg.seed} | {steps} | "
-                     f"{_fmt(100 * r.final_reward(), 2)} | {acc} | {last} | {_fmt(r.rho())} |")
+                     f"{_fmt(100 * r.final_reward(), 2)} | {acc} | {score} | {last} | {_fmt(r.rho())} |")
     return "\n".join(lines)
 
 
@@ -294,14 +313,14 @@ def routing_table(groups: list[Group]) -> str | None:
 
 
 def without_context_table(groups: list[Group]) -> str | None:
-    """Figure 5 as numbers: training reward with C and without C (as the KL reference sees it) on the steps that
+    """Figure 5 as numbers: training score with C and without C (as the KL reference sees it) on the steps that
     logged both, mean of the last 10% of those steps per run, then mean ± std over seeds, in %."""
-    lines = ["| method | task | steps logged without C | reward with C | reward without C | difference |",
+    lines = ["| method | task | steps logged without C | score with C | score without C | difference |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for g in groups:
         pairs = []  # per run: (with C, without C) over the same steps
         for r in g.runs:
-            without, with_c = r.series("reward_without_context"), r.series("reward")
+            without, with_c = r.series("reward_without_context"), r.score_series()
             steps = sorted(set(without) & set(with_c))
             steps = steps[-max(1, math.ceil(LAST_FRACTION * len(steps))):] if steps else []
             if steps:
@@ -315,14 +334,25 @@ def without_context_table(groups: list[Group]) -> str | None:
 
 def _eval_notes(runs: list[Run]) -> list[str]:
     sizes = sorted({(r.task, r.eval["split"], r.eval["n"], r.eval["split_size"]) for r in runs if r.eval})
-    return [f"- {task}: {split} split, {n} of {size} items" + (" (--limit)" if n < size else "") for task, split, n, size in sizes]
+    notes = [f"- {task}: {split} split, {n} of {size} items" + (" (--limit)" if n < size else "") for task, split, n, size in sizes]
+    if old := sum(bool(e and e.get("old_fields")) for r in runs for e in (r.eval, r.baseline)):
+        notes.append(f"- {old} eval JSON(s) predate the accuracy/score names: their `solved` is read as accuracy, "
+                     "their `accuracy` (the mean score) as score")
+    return notes
+
+
+def _old_held_out_note(runs: list[Run]) -> list[str]:
+    old = [r.path.name for r in runs if r.series("eval/accuracy") and not r.held_out_accuracy()]
+    return [f"Left out of eval/accuracy during training: {', '.join(old)}, which logged it as the mean score "
+            "(before eval/score existed), not the full-score share."] if old else []
 
 
 def build_markdown(runs: list[Run], groups: list[Group], plots: list[str], skipped: list[str]) -> str:
     parts = [f"# musketeers report ({len(runs)} runs)", "",
              "Cells: mean ± std over seeds (sample std, ddof=1), in %."]
     if any(r.eval for r in runs):
-        parts += ["", "## Held-out accuracy (%), greedy decoding, from `musketeers eval`", "", results_table(groups, "eval"),
+        parts += ["", "## Held-out accuracy (%): share of items with the full score, greedy decoding, from `musketeers eval`", "",
+                  results_table(groups, "eval"),
                   "", "Evaluated items:", *_eval_notes(runs)]
         if not all(r.eval for r in runs):
             parts += ["", f"{sum(not r.eval for r in runs)} run(s) have no eval JSON (cells say how many seeds count)."]
@@ -334,14 +364,16 @@ def build_markdown(runs: list[Run], groups: list[Group], plots: list[str], skipp
     parts += ["", f"## Training reward (%), mean over the last {LAST_FRACTION:.0%} of logged steps (sampled, training prompts)",
               "", results_table(groups, "reward")]
     if table := without_context_table(groups):
-        parts += ["", f"## Training reward with and without C (%), last {LAST_FRACTION:.0%} of the steps that logged both", "",
+        parts += ["", f"## Training score with and without C (%), last {LAST_FRACTION:.0%} of the steps that logged both", "",
+                  "Score: the verifier's mean score, without the secondary reward terms. "
                   "Without C: completions sampled on the same prompts as the KL reference sees them "
                   "(`training.reference_context`: zeros in place of C by default), every `training.no_context_reward_every` "
                   "steps; logged, not trained on.", "", table]
     if table := routing_table(groups):
         parts += ["", "## Expert utilisation u_i (fraction of the adapter's attention; hard routing: selection frequency)",
                   "", table]
-    parts += ["", "## Runs", "", runs_table(runs), "", rho_summary(runs), "", "## Plots", ""]
+    parts += ["", "## Runs", "", runs_table(runs), *[line for note in _old_held_out_note(runs) for line in ("", note)],
+              "", rho_summary(runs), "", "## Plots", ""]
     parts += [f"- ![{p}]({p})" for p in plots] or ["- none"]
     parts += [f"- skipped: {s}" for s in skipped]
     return "\n".join(parts) + "\n"
@@ -350,7 +382,8 @@ def build_markdown(runs: list[Run], groups: list[Group], plots: list[str], skipp
 def summary_json(runs: list[Run]) -> list[dict[str, Any]]:
     return [{"run": str(r.path), "task": r.task, "method": r.cfg.method, "team": r.team, "seed": r.cfg.seed,
              "steps": r.rows[-1]["step"] if r.rows else 0, "final_reward": r.final_reward(),
-             "accuracy": r.eval["accuracy"] if r.eval else None, "rho": r.rho()} for r in runs]
+             "accuracy": r.eval["accuracy"] if r.eval else None, "score": r.eval.get("score") if r.eval else None,
+             "rho": r.rho()} for r in runs]
 
 
 def report(paths: list[str | Path], out: str | Path) -> str:

@@ -1,5 +1,5 @@
 """The live table of a `musketeers sweep`: each run's state (queued / running on which node, attempt /
-finished / failed / skipped), step, last reward and time, read from the run's own files (its attempt
+finished / failed / skipped), step, last reward and accuracy and time, read from the run's own files (its attempt
 record, logs/<run>.attempts.jsonl, and its metrics.jsonl), so it shows what the runs did wherever Ray
 placed them."""
 
@@ -27,6 +27,7 @@ class RunStatus:
     attempts: int = 0
     step: int | None = None
     reward: float | None = None
+    accuracy: float | None = None  # the step's share of completions with the full score
     started: float | None = None
     seconds: float | None = None
     error: str = ""
@@ -44,25 +45,29 @@ class RunStatus:
         self.refresh_metrics()
 
     def refresh_metrics(self) -> None:
-        """The last training row's step and reward (eval rows, training.eval_every, carry no reward)."""
+        """The last training row's step, reward and accuracy (eval rows, training.eval_every, carry no reward).
+        A row without rewards/score/mean was written when its `accuracy` was the mean score: none is shown."""
         metrics = read_metrics(self.job.run_dir) if is_run_dir(self.job.run_dir) else []
         trained = [row for row in metrics if "reward" in row]
         if trained:
-            self.step, self.reward = trained[-1]["step"], trained[-1]["reward"]
+            last = trained[-1]
+            self.step, self.reward = last["step"], last["reward"]
+            self.accuracy = last.get("accuracy") if "rewards/score/mean" in last else None
 
 
 def render_table(statuses: list[RunStatus]) -> str:
-    """One line per run: name, state (attempt), node, step / max steps, last reward, wall time."""
+    """One line per run: name, state (attempt), node, step / max steps, last reward and accuracy, wall time."""
     width = max([len(s.job.name) for s in statuses] + [3])
-    lines = [f"{'run':<{width}}  {'state':<12} {'node':<24} {'step':>9}  {'reward':>6}  {'time':>6}"]
+    lines = [f"{'run':<{width}}  {'state':<12} {'node':<24} {'step':>9}  {'reward':>6}  {'acc':>5}  {'time':>6}"]
     for s in statuses:
         label = s.state + (f" #{s.attempts}" if s.attempts > 1 else "")
         steps = f"{s.step if s.step is not None else '-'}/{s.job.config['training']['max_steps']}"
         reward = f"{s.reward:.3f}" if s.reward is not None else "-"
+        accuracy = f"{s.accuracy:.3f}" if s.accuracy is not None else "-"
         seconds = s.seconds if s.seconds is not None else (time.time() - s.started if s.started else None)
         clock = "-" if seconds is None else f"{seconds:.0f}s" if seconds < 60 else (
             f"{seconds / 60:.1f}m" if seconds < 3600 else f"{seconds / 3600:.1f}h")
-        lines.append(f"{s.job.name:<{width}}  {label:<12} {s.node or '-':<24} {steps:>9}  {reward:>6}  {clock:>6}")
+        lines.append(f"{s.job.name:<{width}}  {label:<12} {s.node or '-':<24} {steps:>9}  {reward:>6}  {accuracy:>5}  {clock:>6}")
     counts = {k: sum(s.state == k for s in statuses) for k in ("queued", "running", "finished", "failed", "skipped")}
     lines.append(", ".join(f"{n} {k}" for k, n in counts.items() if n))
     return "\n".join(lines)

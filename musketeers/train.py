@@ -58,8 +58,7 @@ class MetricsLogger(TrainerCallback):
 
     @staticmethod
     def _step_row(step: int, logs: dict) -> dict:
-        row = {"step": step, **logs}
-        row["accuracy"] = logs.get("rewards/accuracy/mean")
+        row = {"step": step, **logs}  # accuracy: the full-score share the score reward logs (rewards/functions.py)
         timed = sum(logs.get(f"time/{k}", 0.0) for k in ("experts", "generation", "logprobs"))
         if "step_time" in logs:
             row["time/update"] = max(logs["step_time"] - timed, 0.0)
@@ -178,7 +177,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
         if pool is not None:
             pool.shutdown()
         raise
-    reward_funcs, weights = make_reward_functions(cfg.reward.format_weight, prefill=cfg.task.assistant_prefill)
+    reward = cfg.reward
+    reward_funcs, weights = make_reward_functions(reward.use_accuracy, [(s.name, s.scaling, s.options()) for s in reward.secondary],
+                                                  prefill=cfg.task.assistant_prefill, gsm8k_extraction=reward.gsm8k_extraction)
     dataset = prompt_dataset(load_split(cfg.task, "train"), tokenizer, cfg.task)
     held_out = HeldOut(cfg) if cfg.training.eval_every else None
     checkpointing = use_activation_checkpointing(cfg, policy, tokenizer, dataset)

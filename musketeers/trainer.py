@@ -311,7 +311,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """Greedy accuracy of the policy as it is now on the held-out rows (`held_out`), what `musketeers eval
         --limit eval_size` gives for this step's checkpoint; logged as eval_accuracy (eval/accuracy in
-        TensorBoard, wandb and metrics.jsonl), overall and per dataset. Greedy decoding draws no random
+        TensorBoard, wandb and metrics.jsonl), overall and per dataset, and its mean score as eval_score. Greedy decoding draws no random
         numbers, so training goes on exactly as without it."""
         if self.held_out is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -325,7 +325,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
             finally:
                 model.train(was_training)
         self._pool_metrics()  # the evaluation's expert forwards are not the next step's
-        metrics = {f"{metric_key_prefix}_accuracy": summary["accuracy"],
+        metrics = {f"{metric_key_prefix}_accuracy": summary["accuracy"], f"{metric_key_prefix}_score": summary["score"],
                    **{f"{metric_key_prefix}_accuracy/{name}": d["accuracy"] for name, d in summary["per_dataset"].items()},
                    f"{metric_key_prefix}_runtime": time.perf_counter() - start}
         Trainer.log(self, metrics)  # not TRL's log, which would move its pending training metrics into this row

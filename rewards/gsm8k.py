@@ -1,9 +1,12 @@
 """GSM8K verifier: exact numeric match of the final answer.
 
 Gold: the number after the last "#### " of the gold solution text (a bare number is also accepted).
-Prediction: the content of the last <answer>...</answer> tag when the completion has one (the
-whole tag content must be a number, "18 dollars" is wrong); otherwise the last number that
-appears anywhere in the completion text.
+Prediction, by reward.gsm8k_extraction (the words of verl's GSM8K reward, method="strict" | "flexible"):
+  strict    (the default) the content of the last <answer>...</answer> tag, which must be a number as
+            a whole ("18 dollars" is wrong); no tag, no prediction: a completion cut off before its
+            answer scores 0. verl's strict reads the number after "#### ", the format its prompt asks
+            for; ours asks for the <answer> tag.
+  flexible  the last number written anywhere in the completion, tag or not (verl's flexible).
 
 Both go through `normalize_number`, the one normalisation used for GSM8K:
   1. remove all whitespace ("1 000" -> "1000"), all commas, read as thousand separators
@@ -25,6 +28,7 @@ from decimal import Decimal
 
 from reasoning_gym.utils import extract_answer
 
+EXTRACTIONS = ("strict", "flexible")  # reward.gsm8k_extraction
 CURRENCY_SIGNS = "$€£"
 _PLAIN_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)", re.ASCII)
 # A number inside free text: optional sign and currency sign, digits with optional comma
@@ -65,15 +69,14 @@ def last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def predicted_number(completion: str) -> str | None:
-    """Normalised prediction: the last <answer> tag's content if there is a tag, else the last number."""
-    tagged = extract_answer(completion)
-    raw = tagged if tagged is not None else last_number(completion)
+def predicted_number(completion: str, extraction: str = "strict") -> str | None:
+    """Normalised prediction: strict, the last <answer> tag's content; flexible, the last number anywhere."""
+    raw = last_number(completion) if extraction == "flexible" else extract_answer(completion)
     return normalize_number(raw) if raw is not None else None
 
 
-def score_gsm8k(completion: str, answer_text: str) -> float:
-    """1.0 if the completion's final number equals the gold number exactly, else 0.0."""
+def score_gsm8k(completion: str, answer_text: str, extraction: str = "strict") -> float:
+    """1.0 if the completion's predicted number (`extraction`) equals the gold number exactly, else 0.0."""
     gold = gold_number(answer_text)
-    prediction = predicted_number(completion)
+    prediction = predicted_number(completion, extraction)
     return float(gold is not None and prediction == gold)

@@ -1,5 +1,7 @@
 """The config loader: composition, defaults from the paper, and one-line errors for bad input."""
 
+from pathlib import Path
+
 import pytest
 
 from musketeers.config import CONFIG_DIR, ConfigError, load_run_config, trackers
@@ -12,12 +14,43 @@ def test_paper_defaults_are_explicit():
     assert (t.prompts_per_batch, t.gradient_accumulation_steps, t.max_completion_length, t.max_steps) == (4, 8, 128, 500)
     assert cfg.policy.lora.rank == 8 and cfg.policy.model == "Qwen/Qwen2.5-3B-Instruct"
     assert (cfg.adapter.latent_dim, cfg.adapter.num_queries, cfg.adapter.num_heads) == (512, 8, 8)
-    assert cfg.method == "perceiver" and cfg.team.name == "default" and cfg.reward.format_weight == 0.0
+    assert cfg.method == "perceiver" and cfg.team.name == "default"
     assert (cfg.task.train_size, cfg.task.validation_size, cfg.task.system_prompt) == (16000, 4000, "DeepSeekZero")
     assert cfg.task.curriculum.enabled is False
     assert load_run_config("gsm8k").training.max_steps == 233
     assert all(load_run_config(task).training.eval_every == 0 for task in ("arithmetic", "algorithmic", "logic", "gsm8k"))
     assert (load_run_config("demo").training.eval_every, load_run_config("demo").training.eval_size) == (10, 64)
+
+
+RG_RECIPE = [("cosine", 0.3, {}), ("format", 0.2, {"preappend_thinking_token": False})]
+
+
+def reward_recipe(cfg) -> tuple[bool, list, str]:
+    r = cfg.reward
+    return r.use_accuracy, [(s.name, s.scaling, s.options()) for s in r.secondary], r.gsm8k_extraction
+
+
+def test_paper_tasks_use_reasoning_gyms_reward_recipe_base_and_demo_the_score_alone():
+    for task in ("arithmetic", "algorithmic", "logic", "gsm8k"):
+        assert reward_recipe(load_run_config(task)) == (True, RG_RECIPE, "strict"), task
+    assert reward_recipe(load_run_config("demo")) == (True, [], "strict")
+    tiny = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")  # no reward section: base.yaml's
+    assert reward_recipe(load_run_config(tiny)) == (True, [], "strict")
+    override = load_run_config("arithmetic", ["reward.secondary=[{name: length, scaling: 0.2, max_output_length: 2048}]",
+                                              "reward.gsm8k_extraction=flexible"])
+    assert reward_recipe(override) == (True, [("length", 0.2, {"max_output_length": 2048})], "flexible")
+
+
+def test_a_config_yaml_written_before_reward_secondary_is_read(tmp_path):
+    import yaml
+
+    from musketeers.config import load_resolved_config
+
+    data = load_run_config("arithmetic").to_dict()
+    for weight, secondary in ((0.0, []), (0.25, [("format", 0.25, {})])):
+        data["reward"] = {"format_weight": weight}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+        assert reward_recipe(load_resolved_config(tmp_path / "config.yaml")) == (True, secondary, "strict")
 
 
 @pytest.mark.parametrize("family,names", [
@@ -104,6 +137,30 @@ BAD = [
      "command line: training.report_to: unknown tracker 'wandbb'; valid: tensorboard, wandb, none (several comma-separated, e.g. tensorboard,wandb)"),
     ("arithmetic", ["training.report_to=none,tensorboard"],
      "command line: training.report_to: 'none' cannot be combined with a tracker, got 'none,tensorboard'"),
+    ("arithmetic", ["reward.secondary=[{name: cosin}]"],
+     "command line: reward.secondary[0].name: unknown secondary reward 'cosin'; valid: cosine, format, length"),
+    ("arithmetic", ["reward.secondary=[{name: cosine, preappend_thinking_token: true}]"],
+     "command line: reward.secondary[0].preappend_thinking_token: cosine has no such option; its options: none"),
+    ("arithmetic", ["reward.secondary=[{name: format, max_output_length: 10}]"],
+     "command line: reward.secondary[0].max_output_length: format has no such option; its options: preappend_thinking_token"),
+    ("arithmetic", ["reward.secondary=[{name: length, max_output_length: 0}]"],
+     "command line: reward.secondary[0].max_output_length: must be at least 1, got 0"),
+    ("arithmetic", ["reward.secondary=[{name: length, max_score: 2}]"],
+     "command line: reward.secondary[0].max_score: must be in (0, 1] (scores are), got 2.0"),
+    ("arithmetic", ["reward.secondary=[{name: cosine, scaling: .inf}]"],
+     "command line: reward.secondary[0].scaling: must be a finite number, got inf"),
+    ("arithmetic", ["reward.secondary=[{name: cosine}, {name: cosine, scaling: 0.1}]"],
+     "command line: reward.secondary[1].name: 'cosine' is listed twice; give each secondary reward once"),
+    ("arithmetic", ["reward.secondary=[{scaling: 0.3}]"], "command line: reward.secondary[0]: missing required key 'name'"),
+    ("arithmetic", ["reward.secondary=[{name: cosine, scaling_factor: 0.3}]"],
+     "command line: reward.secondary[0].scaling_factor: unknown key; did you mean 'reward.secondary[0].scaling'?"),
+    ("arithmetic", ["reward.use_accuracy=false", "reward.secondary=[]"],
+     "command line: reward.use_accuracy: false with no reward.secondary leaves nothing to train on"),
+    ("arithmetic", ["reward.gsm8k_extraction=last"],
+     "command line: reward.gsm8k_extraction: 'last' is not valid; valid: strict, flexible"),
+    ("arithmetic", ["task.assistant_prefill=<think>", "reward.secondary=[{name: format, preappend_thinking_token: true}]"],
+     "command line: reward.secondary[0].preappend_thinking_token: task.assistant_prefill already opens with <think>, which the "
+     "format check reads; prepending another would fail every reply (set false)"),
 ]
 
 

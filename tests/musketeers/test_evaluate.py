@@ -69,7 +69,7 @@ def test_accuracy_on_known_answers_overall_and_per_dataset(tmp_path, oracle):
     run_dir = fake_run(tmp_path, TASK, TWO_DATASETS)
     result = ev.evaluate(run_dir, limit=7, batch_size=3, progress=False)
     assert result["split"] == "validation" and result["n"] == 7
-    assert result["accuracy"] == result["solved"] == pytest.approx(4 / 7)  # items 0, 2, 4, 6
+    assert result["accuracy"] == result["score"] == pytest.approx(4 / 7)  # items 0, 2, 4, 6
     rows = load_split(load_run_config(TASK, [TWO_DATASETS]).task, "validation")
     for name, d in result["per_dataset"].items():
         mine = [k for k in range(7) if rows[k]["task"] == name]
@@ -85,6 +85,30 @@ def test_gsm8k_evaluates_the_official_test_split(tmp_path, oracle, gsm8k_dir):
     result = ev.evaluate(run_dir, limit=5, progress=False)
     assert result["split"] == "test" and result["split_size"] == 1319
     assert result["accuracy"] == pytest.approx(3 / 5) and result["per_dataset"]["gsm8k"]["n"] == 5
+    assert result["gsm8k_extraction"] == "strict"
+
+
+def test_accuracy_is_the_full_score_share_and_score_the_mean_with_partial_credit():
+    got = ev.accuracy_summary(["a", "a", "b", "b"], [1.0, 0.5, 0.0, 0.99])
+    assert (got["n"], got["accuracy"], got["score"]) == (4, 0.25, pytest.approx(2.49 / 4))
+    assert got["per_dataset"] == {"a": {"n": 2, "accuracy": 0.5, "score": 0.75},
+                                  "b": {"n": 2, "accuracy": 0.0, "score": pytest.approx(0.495)}}
+
+
+def test_scores_read_gsm8k_as_the_runs_reward_gsm8k_extraction_says():
+    rows = [{"answer": "#### 72", "task": "gsm8k", "entry": ""}] * 2
+    completions = ["so 48 + 24 = 72", "<answer>72</answer>"]
+    assert ev.score_rows(rows, completions, load_run_config("gsm8k")) == [0.0, 1.0]
+    assert ev.score_rows(rows, completions, load_run_config("gsm8k", ["reward.gsm8k_extraction=flexible"])) == [1.0, 1.0]
+
+
+def test_eval_files_of_older_runs_are_read_with_todays_fields():
+    old = {"n": 4, "accuracy": 0.6, "solved": 0.5, "split": "validation",
+           "per_dataset": {"a": {"n": 4, "accuracy": 0.6, "solved": 0.5}}}
+    assert ev.read_eval_result(old) == {"n": 4, "accuracy": 0.5, "score": 0.6, "split": "validation",
+                                        "per_dataset": {"a": {"n": 4, "accuracy": 0.5, "score": 0.6}}, "old_fields": True}
+    new = {"n": 4, "accuracy": 0.5, "score": 0.6, "per_dataset": {}}
+    assert ev.read_eval_result(new) is new and ev.read_eval_result(None) is None
 
 
 def test_baseline_writes_beside_the_run_and_bad_paths_fail_in_one_line(tmp_path, oracle):
@@ -120,10 +144,11 @@ def test_mean_and_pass_at_k_by_hand_partial_credit_is_not_correct():
     # correct samples per item: 1, 1, 0, 3 of 3 (0.5 and 0.99 are partial credit, not correct)
     assert got["n"] == 4
     assert got["mean@k"] == pytest.approx((1 / 3 + 1 / 3 + 0 + 1) / 4) and got["pass@k"] == pytest.approx(3 / 4)
-    assert got["per_dataset"]["a"] == {"n": 2, "mean@k": pytest.approx(1 / 3), "pass@k": 1.0}
-    assert got["per_dataset"]["b"] == {"n": 2, "mean@k": pytest.approx(1 / 2), "pass@k": pytest.approx(1 / 2)}
-    one = ev.sampled_summary(["a"], [[0.25]])  # k = 1: mean@1 = pass@1 = greedy `solved`, not `accuracy`
-    assert one["mean@k"] == one["pass@k"] == 0.0
+    assert got["per_dataset"]["a"] == {"n": 2, "mean@k": pytest.approx(1 / 3), "pass@k": 1.0, "score": pytest.approx(3.49 / 6)}
+    assert got["per_dataset"]["b"] == {"n": 2, "mean@k": pytest.approx(1 / 2), "pass@k": pytest.approx(1 / 2), "score": 0.5}
+    assert got["score"] == pytest.approx(6.49 / 12)
+    one = ev.sampled_summary(["a"], [[0.25]])  # k = 1: mean@1 = pass@1 = greedy accuracy, not the score
+    assert one["mean@k"] == one["pass@k"] == 0.0 and one["score"] == 0.25
 
 
 def test_sampled_eval_on_known_completions_writes_beside_the_greedy_result(tmp_path, oracle):
@@ -271,7 +296,7 @@ def test_sampled_eval_end_to_end_from_the_command_line(trained, capsys):
     greedy = ev.evaluate(run_dir, limit=3, batch_size=2, progress=False)
     cold = ev.evaluate(run_dir, limit=3, batch_size=2, progress=False, sampling=ev.Sampling(2, 0.0, 0.9))
     assert [i["completions"] for i in cold["items"]] == [[i["completion"]] * 2 for i in greedy["items"]]
-    assert cold["mean@k"] == cold["pass@k"] == greedy["solved"]
+    assert cold["mean@k"] == cold["pass@k"] == greedy["accuracy"] and cold["score"] == greedy["score"]
 
 
 def test_sampling_ignores_the_models_own_top_k_and_is_seeded(tmp_path):

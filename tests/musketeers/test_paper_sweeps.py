@@ -148,12 +148,12 @@ def test_fig4_embedded_report_shows_utilisation_per_team(embedded):
     assert all(r[1] == "arithmetic" and r[3] == "utilisation" and "±" in r[4] for r in table)  # 2 seeds: mean ± std
 
 
-def test_fig5_embedded_report_shows_reward_with_and_without_c(embedded):
+def test_fig5_embedded_report_shows_the_score_with_and_without_c(embedded):
     text, out, names = embedded("fig5_without_context")
     assert len(names) == 2 * 2
     for task in ("logic", "arithmetic"):
         assert (out / f"reward_without_context-{task}.png").stat().st_size > 10_000
-    table = rows(text, "## Training reward with and without C")
+    table = rows(text, "## Training score with and without C")
     assert [r[:3] for r in table] == [["perceiver (default)", "arithmetic", "2"], ["perceiver (default)", "logic", "2"]]  # Table 1 order
     assert all("±" in cell for r in table for cell in r[3:])
 

@@ -16,16 +16,18 @@ EXPERTS = ("llama-48", "gpt2-64", "qwen2-80")
 
 
 def make_run(root: Path, name: str, method: str, seed: int, rewards: list[float], *, entropy=None, accuracy=None,
-             without_context=None, utilisation=None, evals=None, overrides=()) -> Path:
-    """A run directory written by hand: config.yaml, metrics.jsonl (with eval rows {step: accuracy} as
-    training.eval_every logs them), optionally final/eval-validation.json."""
+             without_context=None, utilisation=None, evals=None, overrides=(), old=False) -> Path:
+    """A run directory written by hand: config.yaml, metrics.jsonl (the score's mean = the reward; eval rows
+    {step: accuracy} as training.eval_every logs them, with score = accuracy + 0.1), optionally
+    final/eval-validation.json (score = accuracy + 0.05). `old`: the files as runs wrote them before
+    accuracy meant the full-score share (rewards/accuracy/mean, no eval/score, `solved` in the eval JSON)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     cfg = load_run_config(TASK, [f"method={method}", f"seed={seed}", f"output_dir={root}", *overrides])
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     rows = []
     for k, reward in enumerate(rewards):
-        row = {"step": k + 1, "reward": reward}
+        row = {"step": k + 1, "reward": reward, ("rewards/accuracy/mean" if old else "rewards/score/mean"): reward}
         if entropy is not None:
             row["routing/entropy"] = entropy[k]
         if utilisation is not None:
@@ -34,14 +36,17 @@ def make_run(root: Path, name: str, method: str, seed: int, rewards: list[float]
             row["reward_without_context"] = without_context[k]
         rows.append(row)
         if evals and k + 1 in evals:
-            rows.append({"step": k + 1, "eval/accuracy": evals[k + 1], "eval/accuracy/chain_sum": evals[k + 1]})
+            scores = {} if old else {"eval/score": evals[k + 1] + 0.1}
+            rows.append({"step": k + 1, "eval/accuracy": evals[k + 1], "eval/accuracy/chain_sum": evals[k + 1], **scores})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if accuracy is not None:
         (run_dir / "final").mkdir()
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             (run_dir / "final" / f).write_text("{}")
+        fields = {"accuracy": accuracy + 0.05, "solved": accuracy} if old else {"accuracy": accuracy, "score": accuracy + 0.05}
         (run_dir / "final" / "eval-validation.json").write_text(json.dumps(
-            {"accuracy": accuracy, "n": 16, "split": "validation", "split_size": 16}))
+            {**fields, "n": 16, "split": "validation", "split_size": 16,
+             "per_dataset": {"chain_sum": {**fields, "n": 16}}}))
     return run_dir
 
 
@@ -80,10 +85,29 @@ def test_tables_equal_hand_computed_values(runs, tmp_path):
     assert table_row(text, "## Runs", "p0")[-1] == "-1.000" and table_row(text, "## Runs", "p-m2")[-1] == "0.800"
     assert table_row(text, "## Runs", "s0")[-1] == "—"
     assert table_row(text, "## Runs", "p1")[-2] == "60.00 (step 10)" and table_row(text, "## Runs", "s0")[-2] == "—"
+    assert table_row(text, "## Runs", "p1")[-4:-2] == ["60.00 (n=16)", "65.00"]  # held-out accuracy, score
     assert f"over 4 run(s): {(-3 + 0.8) / 4:.3f}" in text
     summary = {Path(r["run"]).name: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())}
     assert summary["p1"]["final_reward"] == pytest.approx(1.9) and summary["p1"]["accuracy"] == 0.6
     assert summary["s0"]["accuracy"] == 0.2 and math.isnan(summary["s0"]["rho"])
+    assert summary["p1"]["score"] == pytest.approx(0.65)
+
+
+def test_files_of_older_runs_are_read_as_today_or_left_out_with_a_note(tmp_path):
+    """An eval JSON with `solved` is read as accuracy = solved, score = its old accuracy; eval/accuracy logged
+    during training without eval/score (it was the mean score) is left out; rewards/accuracy/mean is the score."""
+    make_run(tmp_path, "old", "perceiver", 0, [0.2, 0.4], accuracy=0.5, evals={2: 0.3}, without_context=[0.1, 0.0], old=True)
+    make_run(tmp_path, "new", "perceiver", 1, [0.2, 0.4], accuracy=0.7, evals={2: 0.3}, without_context=[0.1, 0.0])
+    run = rp.load_run(tmp_path / "old")
+    assert run.eval["accuracy"] == 0.5 and run.eval["score"] == pytest.approx(0.55) and "solved" not in run.eval
+    assert run.eval["per_dataset"]["chain_sum"]["accuracy"] == 0.5 and run.eval["old_fields"]
+    assert run.held_out_accuracy() == {} and rp.load_run(tmp_path / "new").held_out_accuracy() == {2: 0.3}
+    assert run.score_series() == {1: 0.2, 2: 0.4}
+    text = rp.report([tmp_path], tmp_path / "out")
+    assert table_row(text, "Held-out accuracy", "perceiver (tiny)") == ["60.00 ± 14.14"]
+    assert "1 eval JSON(s) predate the accuracy/score names" in text
+    assert "Left out of eval/accuracy during training: old," in text
+    assert table_row(text, "## Runs", "old")[-2] == "—" and table_row(text, "## Runs", "new")[-2] == "30.00 (step 2)"
 
 
 def test_every_plot_is_written_when_there_is_data(runs, tmp_path):
@@ -146,8 +170,8 @@ def test_rows_of_a_setting_come_in_numeric_and_pooling_order(tmp_path):
 def test_reward_without_context_and_utilisation_tables(runs, tmp_path):
     text = rp.report([runs], tmp_path / "out")
     # p0..p2 log reward_without_context on steps 1, 3, ..., 9; last 10% of those 5 steps = step 9:
-    # with C 0.8 + seed -> 80, 180, 280 %; without C 0.4 -> 40 %
-    assert table_row(text, "Training reward with and without C", "perceiver (tiny), num_queries=4") == [
+    # with C (the score's mean, rewards/score/mean, here = reward) 0.8 + seed -> 80, 180, 280 %; without C 0.4 -> 40 %
+    assert table_row(text, "Training score with and without C", "perceiver (tiny), num_queries=4") == [
         "tiny", "5", "180.00 ± 100.00", "40.00 ± 0.00", "140.00 ± 100.00"]
     assert "| single |" not in text[text.index("with and without C"):text.index("## Expert utilisation")]
     # utilisation of llama-48: 0.30 at step 1, 0.48 at step 10 (the last 10%), the same in every seed

@@ -20,12 +20,16 @@ def tiny_config(tmp_path, *overrides):
     return load_run_config(TASK, [f"output_dir={tmp_path}", *overrides])
 
 
-def digit_reward(prompts, completions, **kwargs):
-    """A dense test reward (random tiny models never answer correctly): share of distinct characters."""
-    return [len(set(text)) / (len(text) + 1) for text in completions]
+def digit_reward(prompts, completions, log_metric=None, **kwargs):
+    """A dense test reward (random tiny models never answer correctly): share of distinct characters;
+    logs `accuracy` as the score reward does (rewards/functions.py)."""
+    scores = [len(set(text)) / (len(text) + 1) for text in completions]
+    if log_metric is not None:
+        log_metric("accuracy", sum(s >= 1.0 for s in scores) / len(scores))
+    return scores
 
 
-digit_reward.__name__ = "accuracy"
+digit_reward.__name__ = "score"
 
 
 @pytest.fixture
@@ -370,8 +374,10 @@ def test_held_out_accuracy_during_training_is_musketeers_eval_of_that_steps_chec
     --limit eval_size` gives for checkpoint-k, and evaluating leaves training's own numbers unchanged."""
     from musketeers.evaluate import evaluate
 
-    # tiny random models never answer right: both paths score completions with the same dense stand-in
-    monkeypatch.setattr("rewards.score_completion", lambda completion, *a, **k: digit_reward(None, [completion])[0])
+    # tiny random models never answer right: both paths score completions with the same stand-in, the full score
+    # for an even number of distinct characters, else dense partial credit
+    monkeypatch.setattr("rewards.score_completion",
+                        lambda completion, *a, **k: 1.0 if len(set(completion)) % 2 == 0 else digit_reward(None, [completion])[0])
     common = ["training.max_steps=3", "training.gradient_accumulation_steps=1", "training.learning_rate=0.05", TWO_DATASETS]
     run_dir = train(tiny_config(tmp_path / "eval", "training.eval_every=2", "training.eval_size=6", *common))
     rows = read_metrics(run_dir)
@@ -379,11 +385,11 @@ def test_held_out_accuracy_during_training_is_musketeers_eval_of_that_steps_chec
     assert [r["step"] for r in evals] == [2, 3]  # every 2 steps, and at the last one
     for row in evals:
         result = evaluate(run_dir / f"checkpoint-{row['step']}", limit=6, progress=False)
-        assert result["n"] == 6 and row["eval/accuracy"] == result["accuracy"] > 0
+        assert result["n"] == 6 and row["eval/accuracy"] == result["accuracy"] and row["eval/score"] == result["score"] > 0
         assert {k: v for k, v in row.items() if k.startswith("eval/accuracy/")} == \
             {f"eval/accuracy/{name}": d["accuracy"] for name, d in result["per_dataset"].items()}
         assert len(result["per_dataset"]) == 2
-    assert evals[0]["eval/accuracy"] != evals[1]["eval/accuracy"]  # a large lr: checkpoints 2 and 3 differ, so the steps match
+    assert evals[0]["eval/score"] != evals[1]["eval/score"]  # a large lr: checkpoints 2 and 3 differ, so the steps match
     plain = read_metrics(train(tiny_config(tmp_path / "plain", *common)))
     assert [deterministic(r) for r in plain] == [deterministic(r) for r in rows if "reward" in r]
 

@@ -1,8 +1,10 @@
-"""Tests of the rewards package: extraction, GSM8K normalisation, Reasoning Gym gold answers,
-answer guards, the format reward, the TRL call form and a fuzz of every reward function."""
+"""Tests of the rewards package: extraction, GSM8K normalisation and strict/flexible reading, Reasoning Gym
+gold answers, answer guards, Reasoning Gym's secondary rewards (cosine, format, length) pinned against
+their formulas, the recipe's combination, the TRL call form and a fuzz of every reward function."""
 
 import decimal
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -13,17 +15,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rewards import (
-    accuracy,
+    SECONDARY_REWARDS,
+    cosine_score,
     decode_entry,
     format_reward,
     gold_number,
-    has_format,
+    has_think_answer_format,
+    length_score,
     make_reward_functions,
     normalize_number,
     predicted_number,
     reference_completion,
     score_completion,
     score_gsm8k,
+    score_reward,
 )
 from rewards.answer_guard import is_safe_answer
 
@@ -92,7 +97,7 @@ def test_conversational_completions():
         {"role": "assistant", "content": "thinking"},
         {"role": "assistant", "content": f"<answer>{gold}</answer>"},
     ]
-    assert call(accuracy, [conversation, []], row["answer"], row["task"], row["entry"]) == [1.0, 0.0]
+    assert call(score_reward, [conversation, []], row["answer"], row["task"], row["entry"]) == [1.0, 0.0]
 
 
 def test_prefill_is_prepended():
@@ -157,17 +162,35 @@ def test_normalisation_ignores_the_decimal_context():
         assert score_gsm8k("<answer>12345.678</answer>", "#### 12345.679") == 0.0
 
 
-PREDICTIONS = [
-    ("She makes 9 * 2 = $18 every day.", "18"), ("3 apples and 4 pears", "4"), ("15-3=12", "12"),
-    ("it costs -5 dollars", "-5"), ("total: 1,234.5 dollars.", "1234.5"), ("x2 and y3", None),
-    ("<answer>18</answer> then 19", "18"), ("<answer>$1,000</answer>", "1000"),
-    ("<answer>18 dollars</answer> 18", None), ("<answer>18", "18"), ("no numbers", None),
+PREDICTIONS = [  # (completion, strict prediction, flexible prediction)
+    ("She makes 9 * 2 = $18 every day.", None, "18"), ("3 apples and 4 pears", None, "4"), ("15-3=12", None, "12"),
+    ("it costs -5 dollars", None, "-5"), ("total: 1,234.5 dollars.", None, "1234.5"), ("x2 and y3", None, None),
+    ("<answer>18</answer> then 19", "18", "19"), ("<answer>$1,000</answer>", "1000", "1000"),
+    ("<answer>18 dollars</answer> 18", None, "18"), ("<answer>18 dollars</answer>", None, "18"),
+    ("<answer>18", None, "18"), ("no numbers", None, None),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("completion", "prediction"), PREDICTIONS)
-def test_predicted_number(completion, prediction):
-    assert predicted_number(completion) == prediction
+@pytest.mark.parametrize(("completion", "strict", "flexible"), PREDICTIONS)
+def test_predicted_number(completion, strict, flexible):
+    assert predicted_number(completion) == predicted_number(completion, "strict") == strict
+    assert predicted_number(completion, "flexible") == flexible
+
+
+def test_gsm8k_strict_scores_a_reply_cut_off_before_its_tag_0_flexible_reads_its_last_number():
+    cut_off = "Natalia sold 48 clips in April and 48 / 2 = 24 in May, so 48 + 24 = 72"
+    assert score_completion(cut_off, "#### 72", "gsm8k", "") == 0.0  # strict is the default
+    assert score_completion(cut_off, "#### 72", "gsm8k", "", gsm8k_extraction="strict") == 0.0
+    assert score_completion(cut_off, "#### 72", "gsm8k", "", gsm8k_extraction="flexible") == 1.0
+    (strict,), _ = make_reward_functions()
+    (flexible,), _ = make_reward_functions(gsm8k_extraction="flexible")
+    assert call(strict, [cut_off], "#### 72", "gsm8k", "") == [0.0] and call(flexible, [cut_off], "#### 72", "gsm8k", "") == [1.0]
+    # a prefilled "<answer>" makes the reply a tag: strict reads the whole completion as the answer
+    assert score_completion("72", "#### 72", "gsm8k", "", "<answer>") == 1.0
+    assert score_completion("72 clips", "#### 72", "gsm8k", "", "<answer>") == 0.0
+    assert score_completion("72 clips", "#### 72", "gsm8k", "", "<answer>", "flexible") == 1.0
+    with pytest.raises(ValueError, match="strict, flexible"):
+        make_reward_functions(gsm8k_extraction="lenient")
 
 
 def test_gold_number_takes_text_after_hashes_or_a_bare_number():
@@ -185,7 +208,8 @@ def test_every_gsm8k_test_gold_scores_one():
         number = solution.rpartition("####")[2].strip()
         assert score_completion(f"<answer>{number}</answer>", solution, "gsm8k", "") == 1.0, solution
         assert score_completion(f"<answer>{number}</answer>", number, "gsm8k", "") == 1.0, number
-        assert score_completion(solution, solution, "gsm8k", "") == 1.0, solution  # its last number
+        assert score_completion(solution, solution, "gsm8k", "", gsm8k_extraction="flexible") == 1.0, solution  # its last number
+        assert score_completion(solution, solution, "gsm8k", "") == 0.0, solution  # strict: no <answer> tag
         row = {"answer": solution, "task": "gsm8k", "entry": ""}
         assert score_completion(reference_completion(row, "<answer>"), solution, "gsm8k", "", "<answer>") == 1.0
 
@@ -248,60 +272,135 @@ def test_sympy_guard_refuses_float_literals_with_huge_exponents():
     assert is_safe_answer("polynomial_multiplication", "-9.478662616412181e+288*x + 1e308 - 2.5E-7 + 0x1e999")
 
 
-# --- format reward -----------------------------------------------------------------------------
+# --- Reasoning Gym's secondary rewards --------------------------------------------------------
 
 FORMATS = [
     ("<think>a</think><answer>b</answer>", True),
     ("<think>\nstep\n</think>\n<answer> 42 </answer>\n", True),
     ("  <think></think> <answer></answer>", True),
-    ("<think>a<answer>x</answer></think><answer>b</answer>", True),
+    ("<think>a</think><answer>b</answer> more", True),  # Reasoning Gym checks the start only
+    ("<think>a</think>\n<answer>b</answer><|im_end|>", True),
+    ("<think>a</think></think><answer>b</answer>", True),  # a stray closing tag is not counted
+    ("<think>a<answer>x</answer></think><answer>b</answer>", False),  # two answer blocks
+    ("<think>a<answer>x</think><answer>b</answer>", False),  # "<answer>" inside the think block
+    ("<think>a</think><answer>b<think>c</answer>", False),  # "<think>" inside the answer block
     ("<answer>b</answer>", False),
     ("<think>a</think>", False),
     ("<think>a</think><answer>b", False),
     ("text <think>a</think><answer>b</answer>", False),
-    ("<think>a</think><answer>b</answer> more", False),
     ("<think>a</think> x <answer>b</answer>", False),
     ("<think>a</think><answer>b</answer><answer>c</answer>", False),
     ("<think>a<think>b</think><answer>c</answer>", False),
     ("<answer>b</answer><think>a</think>", False),
+    ("<think>a</think><answer>b</answer><think>c</think>", False),
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), FORMATS)
 def test_format(text, expected):
-    assert has_format(text) is expected
+    assert has_think_answer_format(text) is expected
 
 
-def test_format_reward_honours_prefill():
-    assert format_reward(prompts=["q"], completions=["a</think><answer>b</answer>"], prefill="<think>") == [1.0]
-    assert format_reward(prompts=["q"], completions=["a</think><answer>b</answer>"]) == [0.0]
+def test_format_reads_prefill_and_completion_and_preappend_thinking_token_opens_the_think_block():
+    completions = ["a</think><answer>b</answer>"]
+    assert format_reward(prompts=["q"], completions=completions, prefill="<think>") == [1.0]
+    assert format_reward(prompts=["q"], completions=completions) == [0.0]
+    assert format_reward(prompts=["q"], completions=completions, preappend_thinking_token=True) == [1.0]
+    assert format_reward(prompts=["q"], completions=completions, prefill="<think>", preappend_thinking_token=True) == [0.0]
+    assert format_reward(prompts=["q"], completions=["<think>a</think><answer>b</answer>"], prefill="<answer>") == [0.0]
+
+
+def test_cosine_and_length_terms_follow_reasoning_gyms_formulas():
+    # cosine: correct 0.95 + 0.025 (1 + cos(pi L / 1000)), wrong 0.7 - 0.35 (1 + cos(pi L / 1000)); L not clamped
+    assert cosine_score(0, True) == 1.0 and cosine_score(0, False) == 0.0
+    assert cosine_score(500, True) == pytest.approx(0.975, abs=1e-15) and cosine_score(500, False) == pytest.approx(0.35, abs=1e-15)
+    assert cosine_score(1000, True) == 0.95 and cosine_score(1000, False) == pytest.approx(0.7, abs=1e-15)
+    assert cosine_score(250, False) == pytest.approx(0.7 - 0.35 * (1 + 2**-0.5), abs=1e-15)  # 0.10251262658470839
+    assert cosine_score(2000, True) == 1.0 and cosine_score(2000, False) == pytest.approx(0.0, abs=1e-15)
+    # length: (max_score - score) * p when not full, -p when full, p = min(L / max_output_length, 1)
+    assert length_score(512, 0.0) == 0.5 and length_score(512, 0.25) == 0.375 and length_score(512, 1.0) == -0.5
+    assert length_score(4096, 0.0) == 1.0 and length_score(4096, 1.0) == -1.0 and length_score(0, 1.0) == 0.0
+    assert length_score(50, 0.5, max_score=0.5, max_output_length=100) == -0.5  # within 1e-6 of max_score: full
+    assert length_score(50, 0.5 - 2e-6, max_score=0.5, max_output_length=100) == pytest.approx(1e-6)
+
+
+GSM8K_ROW = {"answer": "Natalia sold 48 clips.\n#### 72", "task": "gsm8k", "entry": ""}
+PINNED = [  # (hand-written completion, its length; score, cosine, format, length terms; total with 0.3 cosine + 0.2 format)
+    ("<think>" + "a" * 466 + "</think><answer>72</answer>", 500, 1.0, 0.975, 1.0, -0.48828125, 1.4925),
+    ("<think>" + "b" * 966 + "</think><answer>71</answer>", 1000, 0.0, 0.7, 1.0, 0.9765625, 0.41),
+    ("c" * 250, 250, 0.0, 0.10251262658470839, 0.0, 0.244140625, 0.030753787975412516),
+    ("<answer>72</answer>", 19, 1.0, 0.9999554766319553, 0.0, -0.0185546875, 1.2999866429895865),
+    ("<think>" + "d" * 1966 + "</think><answer>72</answer>", 2000, 1.0, 1.0, 1.0, -1.0, 1.5),
+]  # fmt: skip
+
+
+def test_each_term_and_their_sum_on_hand_written_completions():
+    secondary = [("cosine", 0.3, {}), ("format", 0.2, {"preappend_thinking_token": False}), ("length", 0.5, {})]
+    functions, weights = make_reward_functions(True, secondary)
+    assert [f.__name__ for f in functions] == ["score", "cosine", "format", "length"] and weights == [1.0, 0.3, 0.2, 0.5]
+    completions = [c for c, *_ in PINNED]
+    assert [len(c) for c in completions] == [p[1] for p in PINNED]
+    terms = [call(f, completions, GSM8K_ROW["answer"], "gsm8k", "") for f in functions]
+    for k, (_, _, *expected, _) in enumerate(PINNED):
+        assert [t[k] for t in terms] == pytest.approx(expected, abs=1e-15), k
+    recipe, recipe_weights = make_reward_functions(True, secondary[:2])  # the paper tasks' recipe: score + 0.3 cosine + 0.2 format
+    totals = [sum(w * v for w, v in zip(recipe_weights, values)) for values in zip(*(call(f, completions, GSM8K_ROW["answer"],
+                                                                                           "gsm8k", "") for f in recipe))]
+    assert totals == pytest.approx([p[-1] for p in PINNED], abs=1e-15)
+
+
+def test_without_use_accuracy_the_score_is_computed_but_weighted_0():
+    functions, weights = make_reward_functions(False, [("format", 0.2, {})])
+    assert [f.__name__ for f in functions] == ["score", "format"] and weights == [0.0, 0.2]
+
+
+def test_prefill_is_read_by_score_and_format_but_not_counted_by_cosine_and_length():
+    functions, _ = make_reward_functions(True, [("cosine", 0.3, {}), ("format", 0.2, {}), ("length", 1.0, {})], prefill="<think>")
+    completion = "a" * 466 + "</think><answer>72</answer>"  # 493 characters generated after the prefill
+    values = [call(f, [completion], GSM8K_ROW["answer"], "gsm8k", "")[0] for f in functions]
+    assert values == pytest.approx([1.0, cosine_score(493, True), 1.0, -493 / 1024], abs=1e-15)
+
+
+def test_score_logs_accuracy_the_share_of_completions_with_the_full_score():
+    logged = []
+    item, gold = rg_item("chain_sum")
+    row = rg_row(item)
+    completions = [f"<answer>{gold}</answer>", "<answer>-1</answer>", "no tag", f"<answer>{gold}</answer>"]
+    scores = call(score_reward, completions, row["answer"], row["task"], row["entry"], log_metric=lambda *a: logged.append(a))
+    assert scores == [1.0, 0.0, 0.0, 1.0] and logged == [("accuracy", 0.5)]
 
 
 # --- factory and TRL call form -----------------------------------------------------------------
 
 
-def test_factory_defaults_to_accuracy_only():
+def test_factory_defaults_to_the_score_only_and_refuses_unknown_names_and_options():
     functions, weights = make_reward_functions()
-    assert [f.__name__ for f in functions] == ["accuracy"] and weights == [1.0]
-    functions, weights = make_reward_functions(format_weight=0.25, prefill="<think>")
-    assert [f.__name__ for f in functions] == ["accuracy", "format"] and weights == [1.0, 0.25]
+    assert [f.__name__ for f in functions] == ["score"] and weights == [1.0]
+    assert sorted(SECONDARY_REWARDS) == ["cosine", "format", "length"]
+    with pytest.raises(ValueError, match="unknown secondary reward 'cosin'; valid: cosine, format, length"):
+        make_reward_functions(secondary=[("cosin", 0.3, {})])
+    with pytest.raises(ValueError, match="'cosine' has no option 'max_len'; its options: none"):
+        make_reward_functions(secondary=[("cosine", 0.3, {"max_len": 10})])
 
 
 def test_called_as_trl_calls_it():
     from trl.trainer.utils import get_callable_name
 
     item, gold = rg_item("chain_sum")
-    functions, _ = make_reward_functions(format_weight=1.0)
-    assert [get_callable_name(f) for f in functions] == ["accuracy", "format"]
+    functions, _ = make_reward_functions(secondary=[("cosine", 0.3, {}), ("format", 0.2, {}), ("length", 0.1, {})])
+    assert [get_callable_name(f) for f in functions] == ["score", "cosine", "format", "length"]
     row = rg_row(item)
     columns = {"answer": [row["answer"], "#### 7"], "task": [row["task"], "gsm8k"], "entry": [row["entry"], ""]}
-    extras = {"completion_ids": [[1], [2]], "trainer_state": None, "log_extra": None, "log_metric": None}
+    extras = {"completion_ids": [[1], [2]], "trainer_state": None, "log_extra": None, "log_metric": lambda *a: None}
     completions = [f"<think>x</think><answer>{gold}</answer>", "so 7"]
-    assert functions[0](prompts=["a", "b"], completions=completions, **columns, **extras) == [1.0, 1.0]
-    assert functions[1](prompts=["a", "b"], completions=completions, **columns, **extras) == [1.0, 0.0]
+    assert functions[0](prompts=["a", "b"], completions=completions, **columns, **extras) == [1.0, 0.0]
+    assert functions[2](prompts=["a", "b"], completions=completions, **columns, **extras) == [1.0, 0.0]
+    for function in functions:
+        assert pickle.loads(pickle.dumps(function))(prompts=["a", "b"], completions=completions, **columns, **extras) == \
+            function(prompts=["a", "b"], completions=completions, **columns, **extras)
 
 
-# --- fuzz: no reward function raises, all return floats in [0, 1] ------------------------------
+# --- fuzz: no reward function raises, each returns a float in its range ------------------------
 
 FRAGMENTS = st.sampled_from([
     "<answer>", "</answer>", "<think>", "</think>", "####", "$", ",", ".", "-", " ", "\n", "(",
@@ -310,24 +409,28 @@ FRAGMENTS = st.sampled_from([
 ])  # fmt: skip
 NUMBERS = st.one_of(st.integers().map(str), st.floats().map(str), st.decimals().map(str))
 PIECES = st.lists(st.one_of(FRAGMENTS, NUMBERS, st.text(max_size=8)), max_size=12).map("".join)
-TEXTS = st.one_of(st.text(), PIECES)
+TEXTS = st.one_of(st.text(), PIECES, st.integers(0, 3000).map(lambda n: "a" * n))
 COMPLETIONS = st.one_of(TEXTS, TEXTS.map(lambda text: [{"role": "assistant", "content": text}]))
 FUZZ_DATASETS = ["chain_sum", "binary_matrix", "polynomial_multiplication", "propositional_logic", "jugs"]
 FUZZ_ROWS = {
-    "gsm8k": {"answer": "Natalia sold 48 clips.\n#### 72", "task": "gsm8k", "entry": ""},
+    "gsm8k": GSM8K_ROW,
     **{name: rg_row(rg_item(name)[0]) for name in FUZZ_DATASETS},
 }
+RANGES = {"score": (0.0, 1.0), "cosine": (0.0, 1.0), "format": (0.0, 1.0), "length": (-1.0, 1.0)}
 
 
 @pytest.mark.parametrize("row_name", FUZZ_ROWS)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(completion=COMPLETIONS, prefill=st.sampled_from(["", "<answer>", "<think>"]))
-def test_rewards_never_raise(row_name, completion, prefill):
+@given(completion=COMPLETIONS, prefill=st.sampled_from(["", "<answer>", "<think>"]),
+       extraction=st.sampled_from(["strict", "flexible"]), preappend=st.booleans())
+def test_rewards_never_raise(row_name, completion, prefill, extraction, preappend):
     row = FUZZ_ROWS[row_name]
-    functions, _ = make_reward_functions(format_weight=1.0, prefill=prefill)
+    secondary = [("cosine", 0.3, {}), ("format", 0.2, {"preappend_thinking_token": preappend}), ("length", 0.2, {})]
+    functions, _ = make_reward_functions(True, secondary, prefill=prefill, gsm8k_extraction=extraction)
     for reward in functions:
-        (value,) = call(reward, [completion], row["answer"], row["task"], row["entry"])
-        assert isinstance(value, float) and 0.0 <= value <= 1.0
+        (value,) = call(reward, [completion], row["answer"], row["task"], row["entry"], log_metric=lambda *a: None)
+        low, high = RANGES[reward.__name__]
+        assert isinstance(value, float) and low <= value <= high, reward.__name__
 
 
 def test_prefilled_answer_tag_makes_the_reply_the_answer():
