@@ -140,6 +140,19 @@ def write_record(store: Path, sweep_file: Path, serving: dict[str, Path]) -> Pat
     return folder
 
 
+def recorded_by(store: Path) -> dict[str, list[str]]:
+    """run dir name -> the sweeps (file names) whose record names it."""
+    users: dict[str, list[str]] = defaultdict(list)
+    for record in sorted((store / SWEEPS_DIR).glob(f"*/{RECORD_FILE}")):
+        try:
+            names = json.loads(record.read_text()).values()
+        except ValueError:
+            continue
+        for name in dict.fromkeys(names):
+            users[name].append(record.parent.name)
+    return users
+
+
 def is_record(folder: Path) -> bool:
     return (Path(folder) / RECORD_FILE).is_file()
 

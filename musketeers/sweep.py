@@ -68,11 +68,13 @@ from musketeers.config import load_run_config
 from musketeers.methods import METHODS
 from musketeers.rundir import attempts_path, checkpoint_step, is_finished, last_checkpoint, log_path, mark_done
 from musketeers.run_store import RunBusy, hold, release_all, serving_dir, store_runs, write_record
-from musketeers.sweep_plan import (DEFAULT_RETRIES, Job, SweepError, eval_done, plan, plan_states, print_plan,  # noqa: F401
-                                   read_resources, read_sweep)  # (Job, read_resources: the sweep's API, used by tests)
+from musketeers.sweep_plan import DEFAULT_RETRIES, Job, SweepError, eval_done, plan, plan_states, print_plan, read_sweep
 from musketeers.sweep_table import Display, RunStatus
 
 POLL_S = 2.0
+
+
+# ----------------------------------------------------------------------------- one run
 
 
 def run_child(run_dir: Path, task: str, overrides: list[str], eval_opts: dict | None) -> None:
@@ -383,7 +385,7 @@ def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict
     eval_opts, resources, store = data.get("eval"), data["resources"], Path(data.get("output_dir", "runs/sweep"))
     jobs = plan(data, str(path))
     states = plan_states(jobs, store, eval_opts)
-    print_plan(jobs, states, store)
+    print_plan(jobs, states, store, path.stem)
     first = {}  # one task per run: jobs of one identity share it
     for job in jobs:
         first.setdefault(job.identity, job)

@@ -16,7 +16,7 @@ from musketeers.config import load_run_config
 from musketeers.data import check_split
 from musketeers.errors import MusketeersError
 from musketeers.rundir import CONFIG_FILE, eval_path, final_or_last_checkpoint, is_finished, last_checkpoint, read_config, run_name
-from musketeers.run_store import describe_holder, lock_holder, run_identity, serving_dir, store_runs
+from musketeers.run_store import describe_holder, lock_holder, recorded_by, run_identity, serving_dir, store_runs
 
 BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
 TOP_KEYS = (*BLOCK_KEYS, "output_dir", "grid", "eval", "resources", "max_retries")
@@ -38,11 +38,6 @@ class Job:
     overrides: list[str]
     config: dict = field(repr=False, default_factory=dict)  # the resolved config, to compare with a stored one
     identity: str = ""  # run_store.run_identity(config): runs of equal identity are one run
-
-    @property
-    def reused(self) -> bool:
-        """Served by a run dir under another name (one another sweep, or another run of this one, trains)."""
-        return self.run_dir.name != self.name
 
 
 # ----------------------------------------------------------------------------- sweep file -> jobs
@@ -207,16 +202,27 @@ def plan_states(jobs: list[Job], store: Path, eval_opts: dict | None) -> dict[st
     return states
 
 
-def print_plan(jobs: list[Job], states: dict[str, str], store: Path) -> None:
+def reuse_note(job: Job, users: dict[str, list[str]], sweep_name: str) -> str:
+    """Why a job counts as reused: its run has another name, or other sweeps of the store use it; else ""."""
+    others = [u for u in users.get(job.run_dir.name, []) if u != sweep_name]
+    if job.run_dir.name == job.name and not others:
+        return ""
+    return "reused" + (f" for {job.name}" if job.run_dir.name != job.name else "") + (
+        f", also in {', '.join(others)}" if others else "")
+
+
+def print_plan(jobs: list[Job], states: dict[str, str], store: Path, sweep_name: str) -> None:
     """One line per run (its state and the dir serving it), then how many are new, reused, finished, resumable."""
+    users, reused = recorded_by(store), Counter()
     for job in jobs:
-        note = f"  (reused for {job.name})" if job.reused and states[job.name] != "conflict" else ""
-        if states[job.name] == "busy" and (holder := lock_holder(store, job.identity)):
-            note += f"  ({describe_holder(holder)})"
-        print(f"[sweep] {states[job.name]:>9}  {job.run_dir}{note}")
+        note = reuse_note(job, users, sweep_name) if states[job.name] != "conflict" else ""
+        if note:
+            reused[states[job.name]] += 1
+        holder = lock_holder(store, job.identity) if states[job.name] == "busy" else None
+        notes = [n for n in (note, holder and describe_holder(holder)) if n]
+        print(f"[sweep] {states[job.name]:>9}  {job.run_dir}" + "".join(f"  ({n})" for n in notes))
     print(f"[sweep] {len(jobs)} runs: " + ", ".join(f"{n} {STATE_WORDS[s]}" for s, n in Counter(states.values()).items()))
-    reused = Counter(states[j.name] for j in jobs if j.reused and states[j.name] != "conflict")
-    print(f"[sweep] reused: {sum(reused.values())} (served by a run of the same config under another name in {store})"
+    print(f"[sweep] reused: {sum(reused.values())} (runs of {store} that other sweeps use too, or under another name)"
           + (": " + ", ".join(f"{n} {STATE_WORDS[s]}" for s, n in reused.items()) if reused else ""), flush=True)
     conflicts = [j.name for j in jobs if states[j.name] == "conflict"]
     if conflicts:

@@ -106,7 +106,7 @@ def test_a_sweep_reuses_the_runs_another_sweep_file_left_in_its_store(tmp_path, 
     assert f"[sweep]  finished  {seed0.run_dir}  (reused for tiny-perceiver-tiny-seed0-num_queries4)\n" in printed
     assert f"[sweep]    resume  {seed1.run_dir}  (reused for tiny-perceiver-tiny-seed1-num_queries4)\n" in printed
     assert "[sweep] 4 runs: 2 new, 1 finished, 1 resumable\n" in printed
-    assert f"[sweep] reused: 2 (served by a run of the same config under another name in {store}): 1 finished, 1 resumable\n" in printed
+    assert f"[sweep] reused: 2 (runs of {store} that other sweeps use too, or under another name): 1 finished, 1 resumable\n" in printed
     with run_store.hold(store, seed1.identity, "other"):  # another sweep resumes it now: left to it
         assert sweep.sweep(second([1], [4]), dry_run=True) == {"tiny-perceiver-tiny-seed1-num_queries4": "busy"}
         assert sweep.run_on_node(str(seed1.run_dir), seed1.identity, TASK, [], None, "mine", 1) == {
@@ -122,6 +122,9 @@ def test_a_sweep_reuses_the_runs_another_sweep_file_left_in_its_store(tmp_path, 
     assert (record / "sweep.yaml").read_text() == (tmp_path / "b.yaml").read_text()
     text = report([record], tmp_path / "report")
     assert text.startswith("# musketeers report (1 runs)") and f"| {seed0.name} | tiny | perceiver |" in text
+    capsys.readouterr()
+    sweep.sweep(first, dry_run=True)  # a's own run, which b uses too
+    assert f"[sweep]  finished  {seed0.run_dir}  (reused, also in b)\n" in capsys.readouterr().out
 
 
 def test_a_changed_config_under_the_same_name_is_refused_unless_the_store_has_it(tmp_path):
