@@ -1,9 +1,11 @@
 """`musketeers report`: Table-1-style tables, reward-entropy correlations and plots from run directories.
 
     musketeers report runs/table1/*  [--out report/]     # run dirs, or folders holding run dirs
+    musketeers report runs/paper/sweeps/fig4_utilisation   # the runs serving one sweep (musketeers sweep)
 
-Runs are grouped by their resolved config minus the seed (and output_dir): one group = one method,
-team and setting on one task, its runs = the seeds. A row of the tables is a method (+ team, + any
+Runs are grouped by their identity (musketeers.run_store: the resolved config minus output_dir and
+storage or placement keys) minus the seed: one group = one method, team and setting on one task,
+its runs = the seeds. A row of the tables is a method (+ team, + any
 setting that differs between groups of the same method and team on a task, e.g. adapter.num_queries),
 a column a task. Cells are mean +- std over seeds, std with ddof=1 (the sample std).
 
@@ -49,11 +51,11 @@ from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS
 from musketeers.rundir import CONFIG_FILE, is_run_dir, read_config, read_eval, read_metrics, team_name
+from musketeers.run_store import identity_fields, is_record, recorded_run_dirs
 
 LAST_FRACTION = 0.1
 SCORE_KEYS = ("rewards/score/mean", "rewards/accuracy/mean")  # the score function's mean; the second: its old name
 TASK_ORDER = ("algorithmic", "arithmetic", "logic", "gsm8k")
-IGNORED_KEYS = ("seed", "output_dir")
 
 
 class ReportError(MusketeersError, ValueError):
@@ -120,11 +122,13 @@ class Run:
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Run directories given directly or as children of the given folders."""
+    """Run directories given directly, as children of the given folders, or as a sweep's record names them."""
     found: list[Path] = []
     for p in map(Path, paths):
         if is_run_dir(p):
             found.append(p)
+        elif is_record(p):
+            found += recorded_run_dirs(p)
         elif p.is_dir():
             found += sorted(c for c in p.iterdir() if is_run_dir(c))
         else:
@@ -139,9 +143,7 @@ def load_run(run_dir: Path) -> Run:
 
     cfg = read_config(run_dir)
     split = default_split(cfg)
-    settings = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in IGNORED_KEYS}
-    if not METHODS[cfg.method].experts:  # experts and adapter do not exist for it
-        settings = {k: v for k, v in settings.items() if not k.startswith(("team.", "adapter."))}
+    settings = {k: v for k, v in _flatten(identity_fields(cfg.to_dict())).items() if k != "seed"}
     return Run(run_dir, cfg, read_metrics(run_dir), read_eval_result(read_eval(run_dir, split)),
                read_eval_result(read_eval(run_dir, split, baseline=True)), settings)
 

@@ -18,7 +18,7 @@
         DONE                           musketeers sweep: training ended ({"steps": ..., "time": ...})
       logs/<run name>.log              musketeers sweep: each run's output, appended on every attempt
       logs/<run name>.attempts.jsonl   musketeers sweep: one row per attempt (node, pid, GPUs, resumed step)
-      sweep.yaml                       musketeers sweep: the sweep file last run here
+      sweeps/<sweep>/, locks/          musketeers sweep: the runs serving each sweep, who trains a run now (run_store.py)
 
 A checkpoint (final/ or checkpoint-N/) counts once its LoRA is saved; `--resume` continues from the
 highest checkpoint-N/ that transformers finished writing (its trainer_state.json, written last), so a

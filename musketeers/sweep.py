@@ -5,7 +5,7 @@ a Ray task on this machine or on a cluster; rerun it to resume.
 
 Sweep file (every key optional except tasks, methods and seeds):
 
-    output_dir: runs/table1              # runs go to <output_dir>/<task>-<method>-<team>-seed<k>
+    output_dir: runs/paper               # the store: runs go to <output_dir>/<task>-<method>-<team>-seed<k>
     tasks: [arithmetic, gsm8k]           # names or paths, as `musketeers train` takes them
     methods: [single, perceiver]
     teams: [default]                     # `single` uses no team: it runs once, named ...-none-...
@@ -31,22 +31,27 @@ bundle with the policy on one node, the experts' num_gpus being fractions of the
 machine); with `apart` they go wherever Ray finds room, other nodes included, and their pooled states
 come back through Ray's object store. Ray queues what does not fit yet: N GPU nodes run N runs at once.
 
-Guarantees: rerunning skips finished runs (a DONE marker or a complete final/) and evaluates finished
-runs not evaluated yet; Ray retries a run whose process or node died (up to max_retries) and the run
-resumes from its last complete checkpoint (`train(resume=...)`), or restarts when it had none; a run
-whose stored config differs from what the sweep file now resolves to is refused. Every node reads and
-writes output_dir, so on a cluster it must be shared storage (NFS or a cluster file system; one
-machine trivially is). Each run logs to <output_dir>/logs/<run>.log and records each attempt (node,
+Guarantees: no run is trained twice in one output_dir (the store; several sweeps may share one): a
+run whose config matches a run already there (its identity: run_store.py) is served by that run,
+whatever its name; rerunning skips finished runs (a DONE marker or a complete final/) and evaluates
+finished runs not evaluated yet, or evaluated on fewer items than `eval` asks; Ray retries a run whose
+process or node died (up to max_retries) and the run resumes from its last complete checkpoint
+(`train(resume=...)`), or restarts when it had none; a run whose name holds a run of another config
+(and that no run of the store serves) is refused; a run another sweep is training now is left to it.
+The sweep records which run dir serves each of its runs in <output_dir>/sweeps/<file name>/runs.json,
+which `musketeers report <output_dir>/sweeps/<file name>` reads. Every node reads and writes
+output_dir, so on a cluster it must be shared storage (NFS or a cluster file system; one machine
+trivially is). Each run logs to <output_dir>/logs/<run>.log and records each attempt (node,
 pid, GPUs, the step it resumed from) in logs/<run>.attempts.jsonl. While it runs, the sweep shows a
 table (queued / running on which node / finished / failed, step, reward) and ends with a summary.
 With team.cache_dir set, every expert state the runs read is computed once before they start: one
-Ray task per task x team (x seed for random poolings). What a run directory holds: rundir.py.
+Ray task per task x team (x seed for random poolings). What a run directory holds: rundir.py; reading
+the sweep file and each run's state: sweep_plan.py; the store shared by sweeps: run_store.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -55,169 +60,21 @@ import socket
 import sys
 import time
 import uuid
+from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from musketeers.config import load_run_config
-from musketeers.data import check_split
-from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS
-from musketeers.rundir import (CONFIG_FILE, SWEEP_FILE, attempts_path, checkpoint_step, eval_path,
-                               final_or_last_checkpoint, is_finished, is_run_dir, last_checkpoint, log_path, mark_done,
-                               read_config, run_name)
+from musketeers.rundir import attempts_path, checkpoint_step, is_finished, last_checkpoint, log_path, mark_done
+from musketeers.run_store import RunBusy, hold, release_all, serving_dir, store_runs, write_record
+from musketeers.sweep_plan import DEFAULT_RETRIES, Job, SweepError, eval_done, plan, plan_states, print_plan, read_sweep
 from musketeers.sweep_table import Display, RunStatus
 
-BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
-TOP_KEYS = (*BLOCK_KEYS, "output_dir", "grid", "eval", "resources", "max_retries")
-EVAL_KEYS = ("split", "limit", "batch_size")
-RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom")
-DEFAULT_RESOURCES = {"num_cpus": 1.0, "num_gpus": "auto", "custom": {}}
-DEFAULT_RETRIES = 3
 POLL_S = 2.0
 
 
-class SweepError(MusketeersError, ValueError):
-    """A bad sweep file or argument, or a run no node of the cluster can hold."""
-
-
-@dataclass
-class Job:
-    name: str
-    run_dir: Path
-    task: str
-    overrides: list[str]
-    config: dict = field(repr=False, default_factory=dict)  # the resolved config, to compare with a stored one
-
-
-# ----------------------------------------------------------------------------- sweep file -> jobs
-
-
-def _list(block: dict, key: str, source: str) -> list:
-    """A list-valued key; overrides may be empty, teams default to the task's own team."""
-    value = block.get(key, {"overrides": [], "teams": [None]}.get(key))
-    if not isinstance(value, list) or (key != "overrides" and not value):
-        raise SweepError(f"{source}: {key}: expected a non-empty list, got {value!r}")
-    return value
-
-
-def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise SweepError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(allowed)}")
-
-
-def _number(value, where: str, allow_auto: bool = False) -> float | str:
-    if allow_auto and value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise SweepError(f"{where}: expected a number >= 0{' or auto' if allow_auto else ''}, got {value!r}")
-    return float(value)
-
-
-def read_resources(data: dict, where: str) -> dict:
-    """The `resources` of one run's policy, checked, with defaults."""
-    given = data.get("resources") or {}
-    if not isinstance(given, dict):
-        raise SweepError(f"{where}: resources: expected a mapping, got {given!r}")
-    _check_keys(given, RESOURCE_KEYS, f"{where}: resources")
-    out = {**DEFAULT_RESOURCES, **given}
-    out["num_cpus"] = _number(out["num_cpus"], f"{where}: resources.num_cpus")
-    out["num_gpus"] = _number(out["num_gpus"], f"{where}: resources.num_gpus", allow_auto=True)
-    if not isinstance(out["custom"], dict):
-        raise SweepError(f"{where}: resources.custom: expected a mapping of Ray resource names to amounts")
-    out["custom"] = {str(k): _number(v, f"{where}: resources.custom.{k}") for k, v in out["custom"].items()}
-    return out
-
-
-def _check_eval(opts, where: str) -> None:
-    if opts is None:
-        return
-    if not isinstance(opts, dict):
-        raise SweepError(f"{where}: expected a mapping of {', '.join(EVAL_KEYS)}, got {opts!r}")
-    _check_keys(opts, EVAL_KEYS, where)
-    if opts.get("split") not in (None, "validation", "test"):
-        raise SweepError(f"{where}.split: {opts['split']!r} is not valid; valid: validation, test (or leave it out)")
-    for key in ("limit", "batch_size"):
-        value = opts.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise SweepError(f"{where}.{key}: expected an integer >= 1, got {value!r}")
-
-
-def read_sweep(path: Path) -> dict:
-    """The sweep file as a mapping, its keys checked; `resources` and `max_retries` with their defaults."""
-    if not path.is_file():
-        raise SweepError(f"sweep file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise SweepError(f"{path}: expected a mapping at the top level")
-    _check_keys(data, TOP_KEYS, str(path))
-    for i, block in enumerate(data.get("grid") or []):
-        _check_keys(block, BLOCK_KEYS, f"{path}: grid[{i}]")
-    _check_eval(data.get("eval"), f"{path}: eval")
-    data["resources"] = read_resources(data, str(path))
-    retries = data.setdefault("max_retries", DEFAULT_RETRIES)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise SweepError(f"{path}: max_retries: expected an integer >= 0, got {retries!r}")
-    return data
-
-
-def _block_jobs(block: dict, out: Path, source: str) -> list[Job]:
-    vary = block.get("vary") or {}
-    variants = [list(zip(vary, values)) for values in itertools.product(*vary.values())] if vary else [[]]
-    jobs = []
-    for task, method, team, seed, variant in itertools.product(
-            _list(block, "tasks", source), _list(block, "methods", source), _list(block, "teams", source),
-            _list(block, "seeds", source), variants):
-        overrides = [*_list(block, "overrides", source), *(block.get("task_overrides") or {}).get(task, []),
-                     f"method={method}", *([f"team={team}"] if team else []), f"seed={seed}", f"output_dir={out}",
-                     *(f"{k}={json.dumps(v)}" for k, v in variant)]
-        cfg = load_run_config(str(task), overrides)
-        if (block.get("eval") or {}).get("split"):  # a split the task lacks fails now, not after training
-            check_split(cfg.task, block["eval"]["split"])
-        suffix = "".join(f"-{k.split('.')[-1]}{v}" for k, v in variant)
-        name = run_name(cfg, suffix)
-        jobs.append(Job(name, out / name, str(task), overrides, cfg.to_dict()))
-    return jobs
-
-
-def plan(sweep: dict, source: str) -> list[Job]:
-    """Every run of the sweep, once each (`single` runs once whatever the teams), configs validated."""
-    out = Path(sweep.get("output_dir", "runs/sweep"))
-    top = {k: v for k, v in sweep.items() if k in (*BLOCK_KEYS, "eval")}
-    blocks = [{**top, **b} for b in sweep.get("grid") or [{}]]
-    jobs = {}
-    for i, block in enumerate(blocks):
-        for job in _block_jobs(block, out, f"{source}: grid[{i}]" if sweep.get("grid") else source):
-            jobs.setdefault(job.name, job)
-    return list(jobs.values())
-
-
-# ----------------------------------------------------------------------------- run state on disk
-
-
-def eval_done(run_dir: Path, eval_opts: dict | None) -> bool:
-    if eval_opts is None:
-        return True
-    from musketeers.evaluate import default_split
-
-    checkpoint = final_or_last_checkpoint(run_dir)
-    split = eval_opts.get("split") or default_split(read_config(run_dir))
-    return checkpoint is not None and eval_path(checkpoint, split).is_file()
-
-
-def state(job: Job, eval_opts: dict | None) -> str:
-    """new | finished | evaluate | resume | restart | conflict."""
-    d = job.run_dir
-    if not d.exists():
-        return "new"
-    if is_run_dir(d) and read_config(d).to_dict() != job.config:
-        return "conflict"
-    if is_finished(d):
-        return "finished" if eval_done(d, eval_opts) else "evaluate"
-    return "resume" if last_checkpoint(d) is not None else "restart"
+# ----------------------------------------------------------------------------- one run
 
 
 def run_child(run_dir: Path, task: str, overrides: list[str], eval_opts: dict | None) -> None:
@@ -275,19 +132,33 @@ def record_attempt(run_dir: Path, sweep_id: str) -> dict:
     return row
 
 
-def run_on_node(run_dir: str, task: str, overrides: list[str], eval_opts: dict | None, sweep_id: str,
+def current_dir(planned: Path, identity: str) -> Path:
+    """The run dir serving `identity` now: another sweep may have started one since this sweep planned."""
+    served = serving_dir(store_runs(planned.parent).get(identity, []), planned.parent, [planned.name])
+    if served is None:
+        raise SweepError(f"{planned} holds a run of another config now (another sweep started it); move it and rerun")
+    return served
+
+
+def run_on_node(run_dir: str, identity: str, task: str, overrides: list[str], eval_opts: dict | None, sweep_id: str,
                 threads: int) -> dict:
-    """The body of a run's Ray task: record the attempt, then train / resume / evaluate into its log."""
+    """The body of a run's Ray task: hold the run's lock, find its dir, record the attempt, then train / resume /
+    evaluate into its log. Returns the attempt and the run dir, or {"busy": who} when another sweep holds it."""
     import torch
 
-    run_dir = Path(run_dir)
-    attempt = record_attempt(run_dir, sweep_id)
-    torch.set_num_threads(threads)
-    with output_to(log_path(run_dir)):
-        print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {attempt['hostname']} node {attempt['node_id'][:8]} "
-              f"pid {attempt['pid']} gpus={attempt['gpus']} resumed_from={attempt['resumed_from']}", flush=True)
-        run_child(run_dir, task, overrides, eval_opts)
-    return attempt
+    planned = Path(run_dir)
+    try:
+        with hold(planned.parent, identity, sweep_id):
+            run_dir = current_dir(planned, identity)
+            attempt = record_attempt(run_dir, sweep_id)
+            torch.set_num_threads(threads)
+            with output_to(log_path(run_dir)):
+                print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {attempt['hostname']} node {attempt['node_id'][:8]} "
+                      f"pid {attempt['pid']} gpus={attempt['gpus']} resumed_from={attempt['resumed_from']}", flush=True)
+                run_child(run_dir, task, overrides, eval_opts)
+    except RunBusy as busy:
+        return {"busy": str(busy)}
+    return {**attempt, "run_dir": str(run_dir)}
 
 
 def precompute_group(task: str, overrides: list[str]) -> dict:
@@ -445,26 +316,35 @@ def _failure(error: Exception, retries: int) -> str:
     return f"its process or node died {retries + 1} time(s) ({type(error).__name__})"
 
 
-def _finish(status: RunStatus, ref, retries: int) -> None:
+def _finish(statuses: list[RunStatus], ref, retries: int) -> None:
+    """The outcome of one run's task for every job it serves (a task may have found its run in another dir)."""
     import ray
 
     try:
-        ray.get(ref)
-        status.state = "finished"
-    except Exception as error:  # noqa: BLE001 - a Ray error or the run's own: it ends that run only
-        status.state, status.error = "failed", _failure(error, retries)
-    status.seconds = time.time() - status.started if status.started else None
-    status.refresh_metrics()
+        result = ray.get(ref)
+        state, error = ("skipped", f"busy: {result['busy']}") if "busy" in result else ("finished", "")
+    except Exception as failure:  # noqa: BLE001 - a Ray error or the run's own: it ends that run only
+        state, error, result = "failed", _failure(failure, retries), {}
+    for status in statuses:
+        status.state, status.error = state, error
+        if result.get("run_dir"):
+            status.job.run_dir = Path(result["run_dir"])
+        status.seconds = time.time() - status.started if status.started else None
+        status.refresh_metrics()
 
 
 def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval_opts: dict | None, retries: int,
             sweep_id: str) -> None:
-    """Submit every run as a Ray task and follow them to the end, showing the live table."""
+    """Submit one Ray task per run to train (jobs of one identity share it) and follow them to the end, showing
+    the live table."""
     import ray
 
     from ray.util.placement_group import remove_placement_group
 
     remote, pending, groups = ray.remote(run_on_node), {}, {}
+    served = defaultdict(list)
+    for status in statuses.values():
+        served[status.job.identity].append(status)
     for job in todo:
         task, bundle = demands[job.name]
         group, strategy = _place(bundle)
@@ -473,8 +353,9 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
                    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
         if strategy is not None:
             options["scheduling_strategy"] = strategy
-        ref = remote.options(**options).remote(str(job.run_dir), job.task, job.overrides, eval_opts, sweep_id, threads)
-        pending[ref] = job.name
+        ref = remote.options(**options).remote(str(job.run_dir), job.identity, job.task, job.overrides, eval_opts,
+                                               sweep_id, threads)
+        pending[ref] = served[job.identity]
         if group is not None:
             groups[ref] = group
     display, shown = Display(), list(statuses.values())
@@ -484,13 +365,14 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
             for status in shown:
                 status.refresh(sweep_id)
             for ref in ready:
-                _finish(statuses[pending.pop(ref)], ref, retries)
+                _finish(pending.pop(ref), ref, retries)
                 if ref in groups:  # its bundle is free for the runs still queued
                     remove_placement_group(groups.pop(ref))
             display.show(shown)
     except BaseException:  # Ctrl-C or a kill of the sweep: stop its runs too (rerun the sweep to resume them)
         for ref in pending:
             ray.cancel(ref, force=True)
+        release_all(todo[0].run_dir.parent, sweep_id)  # a killed run leaves its lock behind
         raise
     finally:
         for group in groups.values():
@@ -500,18 +382,19 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
 def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict[str, str]:
     """Plan, print and run a sweep; returns each run's outcome (its state on disk for runs not started)."""
     data = read_sweep(path)
-    eval_opts, resources = data.get("eval"), data["resources"]
+    eval_opts, resources, store = data.get("eval"), data["resources"], Path(data.get("output_dir", "runs/sweep"))
     jobs = plan(data, str(path))
-    states = {job.name: state(job, eval_opts) for job in jobs}
+    states = plan_states(jobs, store, eval_opts)
+    print_plan(jobs, states, store, path.stem)
+    first = {}  # one task per run: jobs of one identity share it
     for job in jobs:
-        print(f"[sweep] {states[job.name]:>9}  {job.run_dir}")
-    counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
-    print(f"[sweep] {len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
-    todo = [j for j in jobs if states[j.name] not in ("finished", "conflict")]
-    conflicts = [j.name for j in jobs if states[j.name] == "conflict"]
-    if conflicts:
-        print(f"[sweep] not touched ({CONFIG_FILE} differs from the sweep file; move or delete them): {', '.join(conflicts)}")
-    if dry_run or not todo:
+        first.setdefault(job.identity, job)
+    todo = [job for job in first.values() if states[job.name] in ("new", "evaluate", "resume", "restart")]
+    serving = {j.name: j.run_dir for j in jobs if states[j.name] != "conflict"}
+    if dry_run:
+        return states
+    write_record(store, path, serving)
+    if not todo:
         return states
     import ray
 
@@ -520,25 +403,29 @@ def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict
         gpus = ray.cluster_resources().get("GPU", 0.0)
         demands = {job.name: run_demand(job, resources, gpus) for job in todo}
         check_fits(todo, demands, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-        out = Path(data.get("output_dir", "runs/sweep"))
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out / SWEEP_FILE)
         begin, sweep_id = time.perf_counter(), uuid.uuid4().hex[:12]
         precompute(todo)
-        names = {j.name for j in todo}
-        statuses = {j.name: RunStatus(j, state="queued" if j.name in names else "skipped") for j in jobs
+        doing = {j.identity for j in todo}
+        statuses = {j.name: RunStatus(j, state="queued" if j.identity in doing else "skipped") for j in jobs
                     if states[j.name] != "conflict"}
         run_all(todo, statuses, demands, eval_opts, data["max_retries"], sweep_id)
     finally:
         if started:
             ray.shutdown()
-    failed = [s for s in statuses.values() if s.state == "failed"]
-    for s in failed:
-        print(f"[sweep] FAILED {s.job.name}: {s.error}; log: {log_path(s.job.run_dir)}", flush=True)
-    print(f"[sweep] {len(todo)} run(s) in {time.perf_counter() - begin:.0f} s; skipped {len(jobs) - len(todo)}; "
-          f"failed {len(failed)}", flush=True)
-    return {**states, **{s.job.name: "ok" if s.state == "finished" else f"failed: {s.error}"
-                         for s in statuses.values() if s.job.name in names}}
+    write_record(store, path, {name: status.job.run_dir for name, status in statuses.items()})
+    ran = [s for s in statuses.values() if s.job.identity in doing]
+    for s in ran:
+        if s.state != "finished":
+            print(f"[sweep] {'FAILED' if s.state == 'failed' else 'not run'} {s.job.name}: {s.error}; "
+                  f"log: {log_path(s.job.run_dir)}", flush=True)
+    print(f"[sweep] {len(todo)} run(s) in {time.perf_counter() - begin:.0f} s; skipped {len(jobs) - len(ran)}; "
+          f"failed {sum(s.state == 'failed' for s in ran)}", flush=True)
+    return {**states, **{s.job.name: _outcome(s) for s in ran}}
+
+
+def _outcome(status: RunStatus) -> str:
+    """ok | busy: <who holds it> | failed: <why>."""
+    return "ok" if status.state == "finished" else status.error if status.state == "skipped" else f"failed: {status.error}"
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,6 +1,8 @@
-"""The paper's experiments as sweep files (configs/sweeps/): each plans the runs the paper implies, and an
-embedded version of each (the same sweep file, its tasks and teams swapped for tiny random ones of the same
-names, 2 seeds, 2 steps, trained in this process) gives the figure or table `musketeers report` renders."""
+"""The paper's experiments as sweep files (configs/sweeps/): each plans the runs the paper implies, they share
+one store where Table 1's runs serve the other sweeps, and an embedded version of each (the same sweep file,
+its tasks and teams swapped for tiny random ones of the same names, at most 2 tasks, 2 seeds, 2 steps,
+trained in this process) gives the figure or table `musketeers report` renders."""
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,11 @@ SWEEPS = REPO / "configs" / "sweeps"
 FIXTURES = REPO / "tests" / "fixtures"
 SEEDS = [0, 1, 2]  # the paper's 3 seeds
 TINY = ["training.max_steps=2", "training.save_steps=2", "training.gradient_accumulation_steps=1"]
+TASKS = ("algorithmic", "arithmetic", "logic", "gsm8k")
+PAPER_SWEEPS = ("table1", "fig4_utilisation", "fig5_without_context", "fig6_num_queries", "table2_pooling")
 
 
-
+@lru_cache(maxsize=None)
 def paper_plan(name: str) -> tuple[dict, list]:
     data = sweep.read_sweep(SWEEPS / f"{name}.yaml")
     return data, sweep.plan(data, f"{name}.yaml")
@@ -35,19 +39,21 @@ def get(config: dict, key: str):
 # ----------------------------------------------------------------------------- the paper's plans
 
 
-def test_fig4_plans_three_teams_on_arithmetic():
+def test_fig4_plans_three_teams_on_the_four_task_families():
     data, jobs = paper_plan("fig4_utilisation")
-    assert sorted(j.name for j in jobs) == sorted(f"arithmetic-perceiver-{team}-seed{s}"
+    assert sorted(j.name for j in jobs) == sorted(f"{task}-perceiver-{team}-seed{s}" for task in TASKS
                                                   for team in ("default", "llm", "naive") for s in SEEDS)
     experts = {j.config["team"]["name"]: [e["model"] for e in j.config["team"]["experts"]] for j in jobs}
     assert len(experts["default"]) == 3 and len(experts["naive"]) == 4 and "openai/gpt-oss-20b" in experts["llm"]
     assert experts["naive"][1:] == experts["default"] and "gpt2" in experts["naive"][0]
-    assert all(j.config["training"]["max_steps"] == 500 for j in jobs) and data.get("eval") is None
+    assert all(j.config["training"]["max_steps"] == (233 if j.config["task"]["name"] == "gsm8k" else 500) for j in jobs)
+    assert data.get("eval") is None  # the figure is the training dynamics
 
 
 def test_fig5_plans_logic_and_arithmetic_with_the_reward_without_c_logged():
     data, jobs = paper_plan("fig5_without_context")
-    assert sorted(j.name for j in jobs) == sorted(f"{task}-perceiver-default-seed{s}" for task in ("logic", "arithmetic") for s in SEEDS)
+    assert sorted(j.name for j in jobs) == sorted(f"{task}-perceiver-default-seed{s}-no_context_reward_every10"
+                                                  for task in ("logic", "arithmetic") for s in SEEDS)
     assert {j.config["training"]["no_context_reward_every"] for j in jobs} == {10}
     assert all(j.config["training"]["max_steps"] == 500 for j in jobs)
 
@@ -67,6 +73,24 @@ def test_table2_plans_the_four_poolings_beside_the_default():
     assert data["eval"] is not None
 
 
+def test_the_paper_sweeps_share_one_store_where_table1_runs_serve_the_others():
+    """Figure 4's default team, Figure 6's m = 8 and Table 2's last_token are Table 1 runs: reused, not trained
+    again; Figure 5 logs the reward without C (an extra sampling pass), so its runs are its own. A name two
+    sweeps plan is one run in both (else the second sweep would refuse it as a conflict)."""
+    plans = {name: paper_plan(name) for name in PAPER_SWEEPS}
+    assert {data["output_dir"] for data, _ in plans.values()} == {"runs/paper"}
+    table1 = {j.identity for j in plans["table1"][1]}
+    reused = {name: sum(j.identity in table1 for j in jobs) for name, (_, jobs) in plans.items() if name != "table1"}
+    assert reused == {"fig4_utilisation": 12, "fig5_without_context": 0, "fig6_num_queries": 3, "table2_pooling": 3}
+    assert all(j.config["team"]["name"] == "default" and j.config["adapter"]["num_queries"] == 8
+               and j.config["team"]["pooling"] == "last_token" for name, (_, jobs) in plans.items() if name != "table1"
+               for j in jobs if j.identity in table1)
+    identities = {}
+    for _, jobs in plans.values():
+        for job in jobs:
+            assert identities.setdefault(job.name, job.identity) == job.identity, job.name
+
+
 # ----------------------------------------------------------------------------- embedded versions
 
 def tiny_teams() -> dict[str, list[dict]]:
@@ -79,7 +103,7 @@ def tiny_teams() -> dict[str, list[dict]]:
 
 def embedded_sweep(data: dict, root: Path) -> dict:
     """The sweep file with its tasks and teams swapped for tiny ones of the same names (files under root),
-    2 seeds, m in {2, 4, 8}, 2 steps; the reward without C every step when the sweep logs it."""
+    its first 2 tasks, 2 seeds, m in {2, 4, 8}, 2 steps."""
     team_file = yaml.safe_load((FIXTURES / "team_tiny.yaml").read_text())
     task_file = yaml.safe_load((FIXTURES / "task_tiny.yaml").read_text())
     (root / "teams").mkdir(parents=True)
@@ -89,13 +113,11 @@ def embedded_sweep(data: dict, root: Path) -> dict:
         teams[name] = root / "teams" / f"{name}.yaml"
         teams[name].write_text(yaml.safe_dump({**team_file, "team": {**team_file["team"], "name": name, "experts": experts}}))
     tasks = {}
-    for name in data["tasks"]:
+    for name in data["tasks"][:2]:
         tasks[name] = root / "tasks" / f"{name}.yaml"
         tasks[name].write_text(yaml.safe_dump({**task_file, "task": {**task_file["task"], "name": name}, "team": str(teams["default"])}))
     overrides = [*data.get("overrides", []), *TINY]
-    if any(o.startswith("training.no_context_reward_every=") for o in overrides):
-        overrides.append("training.no_context_reward_every=1")
-    return {**data, "output_dir": str(root / "runs"), "tasks": [str(tasks[t]) for t in data["tasks"]],
+    return {**data, "output_dir": str(root / "runs"), "tasks": [str(tasks[t]) for t in tasks],
             "teams": [str(teams[t]) for t in data.get("teams", ["default"])], "seeds": data["seeds"][:2],
             "overrides": overrides, "vary": {k: v[:3] if k == "adapter.num_queries" else v for k, v in (data.get("vary") or {}).items()}}
 
@@ -113,6 +135,7 @@ def embedded(tmp_path_factory):
             jobs = sweep.plan(small, f"embedded {name}")
             # the same runs as the paper's plan, fewer: the same names for the kept seeds and values
             kept = [j.name for j in paper_jobs if j.config["seed"] in small["seeds"]
+                    and j.config["task"]["name"] in data["tasks"][:2]
                     and all(get(j.config, k) in v for k, v in small["vary"].items())]
             assert sorted(j.name for j in jobs) == sorted(kept)
             for job in jobs:
@@ -137,15 +160,18 @@ def rows(markdown: str, heading: str) -> list[list[str]]:
             if line.startswith("| ") and not line.startswith(("| method | ", "| --- "))]
 
 
-def test_fig4_embedded_report_shows_utilisation_per_team(embedded):
+def test_fig4_embedded_report_shows_utilisation_per_task_and_team(embedded):
     text, out, names = embedded("fig4_utilisation")
-    assert len(names) == 3 * 2
-    for plot in ("utilisation-arithmetic.png", "utilisation_change-arithmetic.png"):
-        assert (out / plot).stat().st_size > 10_000 and f"({plot})" in text
+    tasks = ["algorithmic", "arithmetic"]  # the embedded version's first two of the four families
+    assert len(names) == 2 * 3 * 2
+    for task in tasks:
+        for plot in (f"utilisation-{task}.png", f"utilisation_change-{task}.png"):
+            assert (out / plot).stat().st_size > 10_000 and f"({plot})" in text
     table = rows(text, "## Expert utilisation")
-    experts = {team: [r[2] for r in table if r[0] == f"perceiver ({team})"] for team in ("default", "llm", "naive")}
-    assert experts == {team: [e["name"] for e in members] for team, members in tiny_teams().items()}
-    assert all(r[1] == "arithmetic" and r[3] == "utilisation" and "±" in r[4] for r in table)  # 2 seeds: mean ± std
+    experts = {(team, task): [r[2] for r in table if r[0] == f"perceiver ({team})" and r[1] == task]
+               for team in ("default", "llm", "naive") for task in tasks}
+    assert experts == {(team, task): [e["name"] for e in members] for team, members in tiny_teams().items() for task in tasks}
+    assert all(r[3] == "utilisation" and "±" in r[4] for r in table)  # 2 seeds: mean ± std
 
 
 def test_fig5_embedded_report_shows_the_score_with_and_without_c(embedded):
@@ -154,7 +180,8 @@ def test_fig5_embedded_report_shows_the_score_with_and_without_c(embedded):
     for task in ("logic", "arithmetic"):
         assert (out / f"reward_without_context-{task}.png").stat().st_size > 10_000
     table = rows(text, "## Training score with and without C")
-    assert [r[:3] for r in table] == [["perceiver (default)", "arithmetic", "2"], ["perceiver (default)", "logic", "2"]]  # Table 1 order
+    # every 10 steps: of 2 steps, the first (global step 0); Table 1's order of tasks
+    assert [r[:3] for r in table] == [["perceiver (default)", "arithmetic", "1"], ["perceiver (default)", "logic", "1"]]
     assert all("±" in cell for r in table for cell in r[3:])
 
 

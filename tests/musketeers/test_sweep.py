@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from musketeers import sweep
+from musketeers import run_store, sweep, sweep_plan
 from musketeers import train as train_module
 from musketeers.config import ConfigError, load_run_config
 from musketeers.rundir import attempts_path, read_metrics
@@ -73,6 +73,74 @@ def test_bad_sweep_files_fail_in_one_line(tmp_path, capsys):
     assert info.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- a store shared by sweeps
+
+EVAL = {"limit": 2, "batch_size": 2}
+
+
+def test_a_sweep_reuses_the_runs_another_sweep_file_left_in_its_store(tmp_path, capsys):
+    """Sweep a trained seed 0 (evaluated) and left seed 1 at a checkpoint; sweep b names those runs -num_queries4
+    (the tiny team's m) and writes them with other trackers and checkpoint spacing, which are not part of a run's
+    identity, beside new runs with m = 2."""
+    from musketeers.report import report
+
+    store = tmp_path / "store"
+    first = write_sweep(tmp_path / "a.yaml", output_dir=str(store), tasks=[TASK], methods=["perceiver"], seeds=[0, 1],
+                        overrides=TINY, eval=EVAL)
+    seed0, seed1 = sweep.plan(sweep.read_sweep(first), "a")
+    sweep.run_child(seed0.run_dir, TASK, seed0.overrides, EVAL)
+    (seed1.run_dir / "checkpoint-1").mkdir(parents=True)  # a run killed after its first checkpoint
+    (seed1.run_dir / "config.yaml").write_text(yaml.safe_dump(seed1.config, sort_keys=False))
+    (seed1.run_dir / "checkpoint-1" / "trainer_state.json").write_text("{}")
+
+    def second(seeds, values, eval_opts=EVAL):
+        return write_sweep(tmp_path / "b.yaml", output_dir=str(store), tasks=[TASK], methods=["perceiver"], seeds=seeds,
+                           overrides=[*TINY[::2], "training.save_steps=2", "training.report_to=none"],
+                           vary={"adapter.num_queries": values}, eval=eval_opts)
+
+    capsys.readouterr()
+    assert sweep.sweep(second([0, 1], [2, 4]), dry_run=True) == {
+        "tiny-perceiver-tiny-seed0-num_queries2": "new", "tiny-perceiver-tiny-seed0-num_queries4": "finished",
+        "tiny-perceiver-tiny-seed1-num_queries2": "new", "tiny-perceiver-tiny-seed1-num_queries4": "resume"}
+    printed = capsys.readouterr().out
+    assert f"[sweep]  finished  {seed0.run_dir}  (reused for tiny-perceiver-tiny-seed0-num_queries4)\n" in printed
+    assert f"[sweep]    resume  {seed1.run_dir}  (reused for tiny-perceiver-tiny-seed1-num_queries4)\n" in printed
+    assert "[sweep] 4 runs: 2 new, 1 finished, 1 resumable\n" in printed
+    assert f"[sweep] reused: 2 (runs of {store} that other sweeps use too, or under another name): 1 finished, 1 resumable\n" in printed
+    with run_store.hold(store, seed1.identity, "other"):  # another sweep resumes it now: left to it
+        assert sweep.sweep(second([1], [4]), dry_run=True) == {"tiny-perceiver-tiny-seed1-num_queries4": "busy"}
+        assert sweep.run_on_node(str(seed1.run_dir), seed1.identity, TASK, [], None, "mine", 1) == {
+            "busy": run_store.describe_holder(run_store.lock_holder(store, seed1.identity))}
+    assert "(sweep other holds it (host " in capsys.readouterr().out
+    # evaluated on 2 items; a sweep asking for 4 evaluates it again
+    assert sweep.sweep(second([0], [4], {"limit": 4}), dry_run=True) == {"tiny-perceiver-tiny-seed0-num_queries4": "evaluate"}
+
+    # nothing to train (so no Ray): the sweep records which run serves its run, and the report reads that
+    assert sweep.sweep(second([0], [4])) == {"tiny-perceiver-tiny-seed0-num_queries4": "finished"}
+    record = store / "sweeps" / "b"
+    assert json.loads((record / "runs.json").read_text()) == {"tiny-perceiver-tiny-seed0-num_queries4": seed0.name}
+    assert (record / "sweep.yaml").read_text() == (tmp_path / "b.yaml").read_text()
+    text = report([record], tmp_path / "report")
+    assert text.startswith("# musketeers report (1 runs)") and f"| {seed0.name} | tiny | perceiver |" in text
+    capsys.readouterr()
+    sweep.sweep(first, dry_run=True)  # a's own run, which b uses too
+    assert f"[sweep]  finished  {seed0.run_dir}  (reused, also in b)\n" in capsys.readouterr().out
+
+
+def test_a_changed_config_under_the_same_name_is_refused_unless_the_store_has_it(tmp_path):
+    store = tmp_path / "store"
+    file = write_sweep(tmp_path / "a.yaml", output_dir=str(store), tasks=[TASK], methods=["single"], seeds=[0], overrides=TINY)
+    (job,) = sweep.plan(sweep.read_sweep(file), "a")
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "config.yaml").write_text(yaml.safe_dump(job.config, sort_keys=False))
+    changed = write_sweep(tmp_path / "b.yaml", output_dir=str(store), tasks=[TASK], methods=["single"], seeds=[0],
+                          overrides=[*TINY, "training.learning_rate=0.001"])
+    assert sweep.sweep(changed, dry_run=True) == {job.name: "conflict"}
+    moved = write_sweep(tmp_path / "c.yaml", output_dir=str(store), tasks=[TASK], methods=["single"], seeds=[0],
+                        overrides=[*TINY, "training.report_to=none", "team.placement=apart"])
+    assert sweep.sweep(moved, dry_run=True) == {job.name: "restart"}  # the same run, stored and placed otherwise
+
+
 # ----------------------------------------------------------------------------- what a run asks of Ray
 
 
@@ -86,14 +154,14 @@ def job_with(*overrides, method="perceiver", **expert_fields):
 
 
 def test_a_run_asks_for_its_policy_and_its_experts_together_or_apart():
-    res = sweep.read_resources({"resources": {"num_cpus": 2, "custom": {"a100": 1}}}, "s")
+    res = sweep_plan.read_resources({"resources": {"num_cpus": 2, "custom": {"a100": 1}}}, "s")
     task, bundle = sweep.run_demand(job_with(num_gpus=[0.25, 0, 0]), res, cluster_gpus=8)
     # together: one bundle on one node; the run's GPU is shared with its experts' fractions
     assert bundle == {"CPU": 2 + 3, "GPU": 1.0, "a100": 1.0}
     assert task == {"num_cpus": 2.0, "num_gpus": 0.75, "resources": {}}
     task, bundle = sweep.run_demand(job_with("team.placement=apart"), res, cluster_gpus=8)
     assert bundle is None and task == {"num_cpus": 2.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
-    task, bundle = sweep.run_demand(job_with(method="single"), sweep.read_resources({}, "s"), cluster_gpus=0)
+    task, bundle = sweep.run_demand(job_with(method="single"), sweep_plan.read_resources({}, "s"), cluster_gpus=0)
     assert bundle is None and task == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}  # auto: no GPU in the cluster
     assert sweep.run_demand(job_with("team.backend=local"), res, 0)[1] is None  # in-process experts: no actors
     with pytest.raises(sweep.SweepError, match="its experts ask for 1 GPU of the run's 1"):
@@ -102,7 +170,7 @@ def test_a_run_asks_for_its_policy_and_its_experts_together_or_apart():
 
 def test_a_run_no_node_can_hold_fails_before_anything_starts():
     job = job_with("team.placement=apart", resources=[{}, {"big_node": 1.0}, {}])
-    res = sweep.read_resources({}, "s")
+    res = sweep_plan.read_resources({}, "s")
     demands = {"r": sweep.run_demand(job, res, 0)}
     sweep.check_fits([job], demands, [{"CPU": 4.0}, {"CPU": 1.0, "big_node": 1.0}])
     with pytest.raises(sweep.SweepError, match="r: expert 'gpt2-64' asks for .*big_node.* no node of the Ray cluster"):
@@ -151,6 +219,25 @@ def test_runs_spread_over_the_nodes_and_a_finished_sweep_starts_nothing(cluster,
     assert "4 finished" in printed and "[sweep] 4 run(s) in" in printed
     assert sweep.sweep(file) == {name: "finished" for name in outcome}  # rerun: nothing starts
     assert all(len(attempts(tmp_path / "out" / name)) == 1 for name in outcome)
+
+
+@pytest.mark.slow
+def test_two_sweep_files_in_one_store_train_their_shared_run_once(cluster, tmp_path):
+    """b's seed 0 is a's run under another name (report_to is not part of a run's identity): it is not trained
+    again; b trains only seed 1, and every run's lock is gone when the sweeps end."""
+    store = tmp_path / "out"
+    first = write_sweep(tmp_path / "a.yaml", output_dir=str(store), tasks=[TASK], methods=["single"], seeds=[0],
+                        overrides=TINY)
+    assert sweep.sweep(first) == {"tiny-single-none-seed0": "ok"}
+    second = write_sweep(tmp_path / "b.yaml", output_dir=str(store), tasks=[TASK], methods=["single"], seeds=[0, 1],
+                         overrides=TINY, vary={"training.report_to": ["none"]})
+    assert sweep.sweep(second) == {"tiny-single-none-seed0-report_tonone": "finished", "tiny-single-none-seed1-report_tonone": "ok"}
+    assert len(attempts(store / "tiny-single-none-seed0")) == 1 and not (store / "tiny-single-none-seed0-report_tonone").exists()
+    assert json.loads((store / "sweeps" / "b" / "runs.json").read_text()) == {
+        "tiny-single-none-seed0-report_tonone": "tiny-single-none-seed0",
+        "tiny-single-none-seed1-report_tonone": "tiny-single-none-seed1-report_tonone"}
+    assert read_metrics(store / "tiny-single-none-seed1-report_tonone")[-1]["step"] == 2
+    assert list((store / "locks").iterdir()) == []
 
 
 @pytest.mark.slow
@@ -289,7 +376,7 @@ def test_together_places_a_runs_expert_actors_in_its_own_bundle_on_its_node(clus
     from experts.pool import ExpertPool
 
     job = job_with(num_cpus=[0.25] * 3)
-    task, bundle = sweep.run_demand(job, sweep.read_resources({"resources": {"num_cpus": 0.25}}, "s"), 0)
+    task, bundle = sweep.run_demand(job, sweep_plan.read_resources({"resources": {"num_cpus": 0.25}}, "s"), 0)
     assert bundle == {"CPU": 1.0}
     group, strategy = sweep._place(bundle)
     team = load_run_config(TASK, ["team.backend=ray"]).team
