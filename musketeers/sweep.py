@@ -32,8 +32,9 @@ machine); with `apart` they go wherever Ray finds room, other nodes included, an
 come back through Ray's object store. Ray queues what does not fit yet: N GPU nodes run N runs at once.
 
 Guarantees: rerunning skips finished runs (a DONE marker or a complete final/) and evaluates finished
-runs not evaluated yet; Ray retries a run whose process or node died (up to max_retries) and the run
-resumes from its last complete checkpoint (`train(resume=...)`), or restarts when it had none; a run
+runs not evaluated yet; Ray retries a run whose process or node died, or that was preempted (SIGTERM:
+it saves its step first, musketeers/interruptions.py), up to max_retries, and the run resumes from its
+last complete checkpoint (`train(resume=...)`), or restarts when it had none; a run
 whose stored config differs from what the sweep file now resolves to is refused. Every node reads and
 writes output_dir, so on a cluster it must be shared storage (NFS or a cluster file system; one
 machine trivially is). Each run logs to <output_dir>/logs/<run>.log and records each attempt (node,
@@ -67,7 +68,7 @@ from musketeers.errors import MusketeersError
 from musketeers.methods import METHODS
 from musketeers.rundir import (CONFIG_FILE, SWEEP_FILE, attempts_path, checkpoint_step, eval_path,
                                final_or_last_checkpoint, is_finished, is_run_dir, last_checkpoint, log_path, mark_done,
-                               read_config, run_name)
+                               read_config, read_json, run_name)
 from musketeers.sweep_table import Display, RunStatus
 
 BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
@@ -205,7 +206,7 @@ def eval_done(run_dir: Path, eval_opts: dict | None) -> bool:
 
     checkpoint = final_or_last_checkpoint(run_dir)
     split = eval_opts.get("split") or default_split(read_config(run_dir))
-    return checkpoint is not None and eval_path(checkpoint, split).is_file()
+    return checkpoint is not None and read_json(eval_path(checkpoint, split)) is not None  # a torn one: evaluate again
 
 
 def state(job: Job, eval_opts: dict | None) -> str:
@@ -277,8 +278,11 @@ def record_attempt(run_dir: Path, sweep_id: str) -> dict:
 
 def run_on_node(run_dir: str, task: str, overrides: list[str], eval_opts: dict | None, sweep_id: str,
                 threads: int) -> dict:
-    """The body of a run's Ray task: record the attempt, then train / resume / evaluate into its log."""
+    """The body of a run's Ray task: record the attempt, then train / resume / evaluate into its log. A run
+    preempted by SIGTERM saves its step and raises Preempted, which Ray retries (run_all): it resumes."""
     import torch
+
+    from musketeers.interruptions import RunStopped
 
     run_dir = Path(run_dir)
     attempt = record_attempt(run_dir, sweep_id)
@@ -286,7 +290,11 @@ def run_on_node(run_dir: str, task: str, overrides: list[str], eval_opts: dict |
     with output_to(log_path(run_dir)):
         print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {attempt['hostname']} node {attempt['node_id'][:8]} "
               f"pid {attempt['pid']} gpus={attempt['gpus']} resumed_from={attempt['resumed_from']}", flush=True)
-        run_child(run_dir, task, overrides, eval_opts)
+        try:
+            run_child(run_dir, task, overrides, eval_opts)
+        except RunStopped as stopped:  # its one line, as `musketeers train` prints it
+            print(f"musketeers: {stopped}", flush=True)
+            raise
     return attempt
 
 
@@ -464,12 +472,15 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
 
     from ray.util.placement_group import remove_placement_group
 
+    from musketeers.interruptions import Preempted
+
     remote, pending, groups = ray.remote(run_on_node), {}, {}
     for job in todo:
         task, bundle = demands[job.name]
         group, strategy = _place(bundle)
         threads = max(1, int(task["num_cpus"]))
-        options = {**task, "max_retries": retries, "retry_exceptions": False,
+        # retried: a dead process or node, and a run preempted after saving its step (SIGTERM); not: the run's errors
+        options = {**task, "max_retries": retries, "retry_exceptions": [Preempted],
                    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
         if strategy is not None:
             options["scheduling_strategy"] = strategy

@@ -10,6 +10,7 @@ import yaml
 from musketeers import plots
 from musketeers import report as rp
 from musketeers.config import load_run_config
+from musketeers.rundir import write_manifest
 
 TASK = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")
 EXPERTS = ("llama-48", "gpt2-64", "qwen2-80")
@@ -40,6 +41,7 @@ def make_run(root: Path, name: str, method: str, seed: int, rewards: list[float]
         (run_dir / "final").mkdir()
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             (run_dir / "final" / f).write_text("{}")
+        write_manifest(run_dir / "final")  # sealed, as train() leaves it
         (run_dir / "final" / "eval-validation.json").write_text(json.dumps(
             {"accuracy": accuracy, "n": 16, "split": "validation", "split_size": 16}))
     return run_dir
