@@ -8,7 +8,8 @@ states: float32 [N, d]} and, in its metadata, the sha256 of those tensors. Each 
 shard, written to a temporary file of its own and renamed into place, so neither a crash nor a second
 process writing the same directory (a sweep's precompute and a run) ever shows a half-written shard; a
 shard that is damaged all the same (truncated, or zeroed by a crashed node) fails its checksum and is
-skipped with a warning: its prompts are computed again. Many shards are merged at load time.
+set aside (<name>.damaged) with a warning: its prompts are computed again. Many shards are merged at
+load time.
 Memory: prompts x d x 4 bytes per expert (16,000 prompts of a 3,584-wide expert: about 230 MB).
 """
 
@@ -27,6 +28,7 @@ import torch
 FORMAT_VERSION = 1
 MERGE_AT = 64  # shards found at load time before they are merged into one
 CHECKSUM_KEY = "sha256"  # a shard's metadata entry: sha256 of its tensors (tensor_digest)
+DAMAGED_SUFFIX = ".damaged"  # a shard that failed to load, renamed so that it is read (and warned about) once
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,13 @@ class DiskCache:
                     raise ValueError("its tensors do not match their checksum")
             except FileNotFoundError:
                 continue
-            except Exception as e:  # noqa: BLE001 - damaged: recompute those prompts
-                log.warning("warning: skipping expert-state shard %s (%s); its prompts are computed again", shard,
-                            " ".join(str(e).split())[:120])
+            except Exception as e:  # noqa: BLE001 - damaged: set aside (warned once, kept to look at), recompute
+                log.warning("warning: skipping expert-state shard %s (%s); its prompts are computed again, the shard "
+                            "is kept as %s", shard, " ".join(str(e).split())[:120], shard.with_suffix(DAMAGED_SUFFIX).name)
+                try:
+                    shard.replace(shard.with_suffix(DAMAGED_SUFFIX))
+                except OSError:  # another process set it aside first
+                    pass
                 continue
             for key, state in zip(data["keys"], data["states"]):
                 states[bytes(key.tolist())] = state

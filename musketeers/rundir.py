@@ -220,11 +220,15 @@ def checkpoints_after(run_dir: Path, step: int) -> list[Path]:
 
 
 def final_or_last_checkpoint(run_dir: Path) -> Path | None:
-    """final/ when the run finished, else its highest complete checkpoint-N, else None."""
+    """final/ when the run finished, else its highest complete checkpoint-N, else None (a final/ that is
+    there but not complete, cut by a kill or a full disk, gets a warning line)."""
     final = Path(run_dir) / FINAL_DIR
     if is_checkpoint(final):
         return final
     complete = [path for _, path in _numbered_checkpoints(run_dir) if is_checkpoint(path)]
+    if final.is_dir():
+        log.warning("warning: %s is incomplete (%s); using %s", final, checkpoint_problem(final) or "no LoRA",
+                    complete[-1].name if complete else "nothing")
     return complete[-1] if complete else None
 
 
@@ -295,7 +299,7 @@ def read_json(path: Path) -> Any | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        log.warning("warning: %s is unreadable (%s); treating it as missing", path, str(e).split(":")[0])
+        log.warning("warning: %s is unreadable (%s); treating it as missing", path, " ".join(str(e).split())[:120])
         return None
 
 

@@ -283,6 +283,7 @@ def test_a_file_damaged_in_place_is_caught_by_its_checksum_on_resume(tmp_path, r
 def test_a_run_with_torn_files_resumes_from_what_is_whole_and_ends_as_if_never_hurt(tmp_path, reference, dense, caplog):
     run_dir = copy_run(reference, tmp_path)
     final = run_dir / rundir.FINAL_DIR
+    lora_size = (final / "adapter_model.safetensors").stat().st_size
     os.truncate(final / "adapter_model.safetensors", 100)  # killed while final/ was written
     optimizer = rundir.checkpoint_dir(run_dir, 5) / "optimizer.pt"
     size = optimizer.stat().st_size
@@ -295,6 +296,8 @@ def test_a_run_with_torn_files_resumes_from_what_is_whole_and_ends_as_if_never_h
     same_metrics(run_dir, reference)
     assert rundir.is_finished(run_dir) and rundir.final_or_last_checkpoint(run_dir) == final
     assert [m for m in caplog.messages if m.startswith("warning")] == [
+        f"warning: {final} is incomplete (adapter_model.safetensors has 100 bytes, {lora_size:,} when it was saved); "
+        "using checkpoint-4",
         f"warning: skipping checkpoint-5 (optimizer.pt has 100 bytes, {size:,} when it was saved)",
         f"warning: {run_dir / 'metrics.jsonl'}: left out line 6, cut short (a kill or a full disk while it was written)"]
 
@@ -332,6 +335,8 @@ def test_a_damaged_expert_cache_shard_is_skipped_never_read(tmp_path, caplog, da
     states = cache.load()
     assert sorted(states) == kept and all(torch.equal(states[k], shard_states([k])[0]) for k in kept)
     assert len(caplog.messages) == 1 and caplog.messages[0].startswith(f"warning: skipping expert-state shard {shard} (")
+    assert caplog.messages[0].endswith(f"the shard is kept as {shard.stem}.damaged")
+    assert sorted(cache.load()) == kept and len(caplog.messages) == 1  # set aside: warned once
 
 
 def test_a_failed_shard_write_leaves_no_temporary_file(tmp_path, monkeypatch):
