@@ -7,8 +7,12 @@ prompt, the template date and the cut to max_length), so any change to what the 
 new template, system prompt or date) misses the cache instead of serving a stale state. The
 on-disk mirror (team.cache_dir) survives restarts: one directory per expert fingerprint (model
 identity, name, dtype, pooling, seed), holding safetensors shards of {keys: uint8 [N, 32],
-states: float32 [N, d]}. Each encoded batch is one shard, written to a temporary file and renamed
-into place, so a crash never leaves a half-written shard; many shards are merged at load time.
+states: float32 [N, d]} and, in its metadata, the sha256 of those tensors. Each encoded batch is one
+shard, written to a temporary file of its own and renamed into place, so neither a crash nor a second
+process writing the same directory (a sweep's precompute and a run) ever shows a half-written shard; a
+shard that is damaged all the same (truncated, or zeroed by a crashed node) fails its checksum and is
+set aside (<name>.damaged) with a warning: its prompts are computed again. Many shards are merged at
+load time.
 Memory: prompts x d x 4 bytes per expert (16,000 prompts of a 3,584-wide expert: about 230 MB).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -26,6 +31,10 @@ import torch
 
 FORMAT_VERSION = 2  # 2: keys hash token ids (1 hashed the question text)
 MERGE_AT = 64  # shards found at load time before they are merged into one
+CHECKSUM_KEY = "sha256"  # a shard's metadata entry: sha256 of its tensors (tensor_digest)
+DAMAGED_SUFFIX = ".damaged"  # a shard that failed to load, renamed so that it is read (and warned about) once
+
+log = logging.getLogger(__name__)
 
 
 def prompt_key(token_ids: Sequence[int]) -> bytes:
@@ -37,6 +46,16 @@ def fingerprint(fields: dict) -> str:
     """Short stable hash of everything a pooled state depends on besides the prompt."""
     text = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors' names, shapes, dtypes and bytes (safetensors itself checks lengths, not content)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 class DiskCache:
@@ -51,15 +70,28 @@ class DiskCache:
         return sorted(self.directory.glob("*.safetensors"))
 
     def load(self) -> dict[bytes, torch.Tensor]:
-        """Every state on disk; shards that vanished or cannot be read (another run merging) are skipped."""
-        from safetensors.torch import load_file
+        """Every state on disk; shards that vanished (another process merged them) are skipped, and so are
+        shards that are damaged (cannot be read, or fail their checksum), with a warning line each."""
+        from safetensors import safe_open
 
         states: dict[bytes, torch.Tensor] = {}
         shards = self.shards()
         for shard in shards:
             try:
-                data = load_file(shard)
-            except Exception:  # noqa: BLE001 - vanished or corrupt: recompute those prompts
+                with safe_open(str(shard), framework="pt") as f:
+                    data = {name: f.get_tensor(name) for name in f.keys()}
+                    checksum = (f.metadata() or {}).get(CHECKSUM_KEY)
+                if checksum != tensor_digest(data):
+                    raise ValueError("its tensors do not match their checksum")
+            except FileNotFoundError:
+                continue
+            except Exception as e:  # noqa: BLE001 - damaged: set aside (warned once, kept to look at), recompute
+                log.warning("warning: skipping expert-state shard %s (%s); its prompts are computed again, the shard "
+                            "is kept as %s", shard, " ".join(str(e).split())[:120], shard.with_suffix(DAMAGED_SUFFIX).name)
+                try:
+                    shard.replace(shard.with_suffix(DAMAGED_SUFFIX))
+                except OSError:  # another process set it aside first
+                    pass
                 continue
             for key, state in zip(data["keys"], data["states"]):
                 states[bytes(key.tolist())] = state
@@ -76,8 +108,13 @@ class DiskCache:
         key_tensor = torch.tensor([list(k) for k in keys], dtype=torch.uint8)
         name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp = self.directory / f".{name}.tmp"
-        save_file({"keys": key_tensor, "states": states.contiguous()}, str(tmp), metadata=self.metadata)
-        os.replace(tmp, self.directory / f"{name}.safetensors")
+        tensors = {"keys": key_tensor, "states": states.contiguous()}
+        try:
+            save_file(tensors, str(tmp), metadata={**self.metadata, CHECKSUM_KEY: tensor_digest(tensors)})
+            os.replace(tmp, self.directory / f"{name}.safetensors")
+        except BaseException:  # a full disk or a kill: no temporary file left behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _merge(self, states: dict[bytes, torch.Tensor], shards: list[Path]) -> None:
         keys = list(states)

@@ -1,4 +1,5 @@
-"""The `musketeers` command line. Every bad input ends as one line on stderr and exit code 2."""
+"""The `musketeers` command line. Every bad input ends as one line on stderr and exit code 2; a run stopped
+by preemption or a full disk ends as one line and exit code 75 or 74 (musketeers/interruptions.py)."""
 
 from __future__ import annotations
 
@@ -207,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args.func(args)
     except MusketeersError as e:
-        print(f"musketeers: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        stopped = getattr(e, "exit_code", None)  # musketeers.interruptions.RunStopped: preempted (75), disk full (74)
+        print(f"musketeers: {e}" if stopped else f"musketeers: error: {e}", file=sys.stderr)
+        sys.exit(stopped or 2)
 
 
 if __name__ == "__main__":

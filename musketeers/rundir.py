@@ -8,9 +8,11 @@
                                        one per held-out evaluation (training.eval_every): eval/accuracy[/<dataset>]
         tensorboard/                   the same scalars and the resolved config for TensorBoard (training.report_to)
         curves.png                     written when training ends: reward (+ held-out accuracy), KL, entropy, utilisation
-        checkpoint-N/                  every training.save_steps (TRL names and writes them): PEFT adapter,
-                                       context_adapter.safetensors (methods with g_phi), optimizer, scheduler, RNG, step
-        final/                         the trained PEFT adapter (+ context_adapter.safetensors) when training ends
+        checkpoint-N/                  every training.save_steps and on preemption (TRL names and writes them): PEFT
+                                       adapter, context_adapter.safetensors (methods with g_phi), optimizer, scheduler,
+                                       RNG, step; manifest.json (each file's size and sha256) written last
+        final/                         the trained PEFT adapter (+ context_adapter.safetensors, manifest.json) when
+                                       training ends
           eval-<split>.json            `musketeers eval` of final/ (or of a checkpoint-N/, inside it): greedy
           eval-<split>-sampled-k<k>-t<T>-p<P>.json   `musketeers eval --samples k --temperature T --top-p P`
         eval-<split>-baseline.json     `musketeers eval --baseline`: the untrained policy (and
@@ -20,16 +22,23 @@
       logs/<run name>.attempts.jsonl   musketeers sweep: one row per attempt (node, pid, GPUs, resumed step)
       sweeps/<sweep>/, locks/          musketeers sweep: the runs serving each sweep, who trains a run now (run_store.py)
 
-A checkpoint (final/ or checkpoint-N/) counts once its LoRA is saved; `--resume` continues from the
-highest checkpoint-N/ that transformers finished writing (its trainer_state.json, written last), so a
-process or node that dies in the middle of a save costs that checkpoint, not the run. Config, eval
-results, the DONE marker and truncated metrics are written atomically: a killed process leaves the
-old file or the new one, never half of one.
+A checkpoint (final/ or checkpoint-N/) counts once its manifest.json is written, after every other file
+of it, and each file it lists still has the size it recorded; `--resume` continues from the highest such
+checkpoint-N/ whose files also match their sha256, skipping (with a warning) any that do not. So a
+process or node that dies, or a disk that fills, in the middle of a save costs that checkpoint, not the
+run, and a truncated file is never loaded. (transformers writes trainer_state.json last but not
+atomically: a kill can leave half of it, so it cannot mark a checkpoint complete.) Config, eval results,
+manifests, the DONE marker and truncated metrics are written atomically: a killed process leaves the old
+file or the new one, never half of one. metrics.jsonl is appended a row at a time: a row cut by a kill or
+a full disk is skipped when read and dropped when the run resumes; an eval JSON that does not parse
+counts as missing (a sweep evaluates again). What survives which fault: musketeers/interruptions.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -42,6 +51,8 @@ import yaml
 from musketeers.config import RunConfig, load_resolved_config
 from musketeers.methods import METHODS
 
+log = logging.getLogger("musketeers.rundir")  # warnings print as one line (musketeers.console shows them in runs)
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -51,7 +62,8 @@ FINAL_DIR = "final"
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT's save_pretrained writes
 ADAPTER_FILE = "context_adapter.safetensors"
 DONE_FILE = "DONE"
-TRAINER_STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint-N/
+TRAINER_STATE_FILE = "trainer_state.json"  # transformers' record of the step, in every checkpoint-N/
+MANIFEST_FILE = "manifest.json"  # written last into a checkpoint: what a complete one holds
 LOGS_DIR = "logs"
 SWEEP_FILE = "sweep.yaml"
 
@@ -128,8 +140,46 @@ def read_config(run_dir: str | Path) -> RunConfig:
 
 
 def is_checkpoint(path: Path) -> bool:
-    """A folder holding a saved LoRA adapter (final/ or checkpoint-N/)."""
-    return all((path / name).is_file() for name in LORA_FILES)
+    """A complete folder holding a saved LoRA adapter (final/ or checkpoint-N/): see `checkpoint_problem`."""
+    return checkpoint_problem(path) is None and all((path / name).is_file() for name in LORA_FILES)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Seal a saved checkpoint: the size and sha256 of every file in it, written atomically after them all.
+    Files added later (eval results) are not part of it."""
+    files = {path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_FILE
+             and not path.name.startswith(".")}
+    write_json_atomic(folder / MANIFEST_FILE, {"files": files})
+
+
+def checkpoint_problem(folder: Path, checksums: bool = False) -> str | None:
+    """Why `folder` is not a complete checkpoint, in a few words (None: it is one): no manifest (its save never
+    finished), or a file it lists missing or of another size (truncated), or, with `checksums`, of other content."""
+    try:
+        files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+        sizes = {name: int(entry["bytes"]) for name, entry in files.items()}
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE}: its save did not finish"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is unreadable"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes, {size:,} when it was saved"
+        if checksums and file_sha256(path) != files[name]["sha256"]:
+            return f"{name} differs from what was saved (sha256)"
+    return None
 
 
 def _numbered_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -142,11 +192,26 @@ def _numbered_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _resumable(path: Path) -> bool:
+    return is_checkpoint(path) and (path / TRAINER_STATE_FILE).is_file()
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The highest checkpoint-N folder that was written to the end, where --resume continues, else None.
+    """The highest complete checkpoint-N folder (sizes checked, not checksums), else None.
     (TRL's get_last_checkpoint takes the highest folder, even one a dying process left half-written.)"""
-    complete = [path for _, path in _numbered_checkpoints(run_dir) if (path / TRAINER_STATE_FILE).is_file()]
+    complete = [path for _, path in _numbered_checkpoints(run_dir) if _resumable(path)]
     return complete[-1] if complete else None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """Where --resume continues: the highest checkpoint-N whose files all match their manifest's sizes and
+    sha256; each one skipped on the way down gets one warning line."""
+    for step, path in reversed(_numbered_checkpoints(run_dir)):
+        problem = checkpoint_problem(path, checksums=True)
+        if problem is None and (path / TRAINER_STATE_FILE).is_file():
+            return path
+        log.warning("warning: skipping %s (%s)", path.name, problem or f"no {TRAINER_STATE_FILE}")
+    return None
 
 
 def checkpoints_after(run_dir: Path, step: int) -> list[Path]:
@@ -155,11 +220,15 @@ def checkpoints_after(run_dir: Path, step: int) -> list[Path]:
 
 
 def final_or_last_checkpoint(run_dir: Path) -> Path | None:
-    """final/ when the run finished, else its highest complete checkpoint-N, else None."""
+    """final/ when the run finished, else its highest complete checkpoint-N, else None (a final/ that is
+    there but not complete, cut by a kill or a full disk, gets a warning line)."""
     final = Path(run_dir) / FINAL_DIR
     if is_checkpoint(final):
         return final
     complete = [path for _, path in _numbered_checkpoints(run_dir) if is_checkpoint(path)]
+    if final.is_dir():
+        log.warning("warning: %s is incomplete (%s); using %s", final, checkpoint_problem(final) or "no LoRA",
+                    complete[-1].name if complete else "nothing")
     return complete[-1] if complete else None
 
 
@@ -186,10 +255,28 @@ def mark_done(run_dir: Path) -> None:
 # ----------------------------------------------------------------------------- metrics and eval results
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, warn: bool = False) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file ([] when there is none). A line that does not parse (the last one, cut by a
+    kill or a full disk, or still being written) is left out: with one warning line when `warn`."""
+    if not path.exists():
+        return []
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            bad.append(number)
+    if bad and warn:
+        log.warning("warning: %s: left out line %s, cut short (a kill or a full disk while it was written)",
+                    path, ", ".join(map(str, bad)))
+    return rows
+
+
+def read_metrics(run_dir: str | Path, warn: bool = False) -> list[dict[str, Any]]:
     """The logged rows in step order ([] before the first step)."""
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_jsonl(Path(run_dir) / METRICS_FILE, warn)
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
@@ -200,8 +287,20 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
     """Keep the rows up to `step`: a resumed run logs the steps after its checkpoint again."""
-    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    rows = [r for r in read_metrics(run_dir, warn=True) if r["step"] <= step]
     write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON file written by write_json_atomic, or None: missing, or not JSON (truncated by a file system that
+    lost its tail; one warning line), so that its writer runs again rather than anything reading half of it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("warning: %s is unreadable (%s); treating it as missing", path, " ".join(str(e).split())[:120])
+        return None
 
 
 def read_eval(run_dir: Path, split: str, baseline: bool = False) -> dict[str, Any] | None:
@@ -213,19 +312,22 @@ def read_eval(run_dir: Path, split: str, baseline: bool = False) -> dict[str, An
         if checkpoint is None:
             return None
         path = eval_path(checkpoint, split)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path)
 
 
 # ----------------------------------------------------------------------------- atomic writes
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a temporary file beside `path`, then rename it onto `path`; on any failure remove it."""
+    """Write a temporary file beside `path` (a name of its own: concurrent writers never share one), flush it
+    to disk, then rename it onto `path`: readers see the old file or the new one. On any failure remove it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "x") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # else a crashed node can leave the renamed file empty
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

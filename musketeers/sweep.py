@@ -35,7 +35,8 @@ Guarantees: no run is trained twice in one output_dir (the store; several sweeps
 run whose config matches a run already there (its identity: run_store.py) is served by that run,
 whatever its name; rerunning skips finished runs (a DONE marker or a complete final/) and evaluates
 finished runs not evaluated yet, or evaluated on fewer items than `eval` asks; Ray retries a run whose
-process or node died (up to max_retries) and the run resumes from its last complete checkpoint
+process or node died, or that was preempted (SIGTERM: it saves its step first, musketeers/interruptions.py),
+up to max_retries, and the run resumes from its last complete checkpoint
 (`train(resume=...)`), or restarts when it had none; a run whose name holds a run of another config
 (and that no run of the store serves) is refused; a run another sweep is training now is left to it.
 The sweep records which run dir serves each of its runs in <output_dir>/sweeps/<file name>/runs.json,
@@ -143,8 +144,11 @@ def current_dir(planned: Path, identity: str) -> Path:
 def run_on_node(run_dir: str, identity: str, task: str, overrides: list[str], eval_opts: dict | None, sweep_id: str,
                 threads: int) -> dict:
     """The body of a run's Ray task: hold the run's lock, find its dir, record the attempt, then train / resume /
-    evaluate into its log. Returns the attempt and the run dir, or {"busy": who} when another sweep holds it."""
+    evaluate into its log. Returns the attempt and the run dir, or {"busy": who} when another sweep holds it. A run
+    preempted by SIGTERM saves its step and raises Preempted, which Ray retries (run_all): it resumes."""
     import torch
+
+    from musketeers.interruptions import RunStopped
 
     planned = Path(run_dir)
     try:
@@ -155,7 +159,11 @@ def run_on_node(run_dir: str, identity: str, task: str, overrides: list[str], ev
             with output_to(log_path(run_dir)):
                 print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {attempt['hostname']} node {attempt['node_id'][:8]} "
                       f"pid {attempt['pid']} gpus={attempt['gpus']} resumed_from={attempt['resumed_from']}", flush=True)
-                run_child(run_dir, task, overrides, eval_opts)
+                try:
+                    run_child(run_dir, task, overrides, eval_opts)
+                except RunStopped as stopped:  # its one line, as `musketeers train` prints it
+                    print(f"musketeers: {stopped}", flush=True)
+                    raise
     except RunBusy as busy:
         return {"busy": str(busy)}
     return {**attempt, "run_dir": str(run_dir)}
@@ -341,6 +349,8 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
 
     from ray.util.placement_group import remove_placement_group
 
+    from musketeers.interruptions import Preempted
+
     remote, pending, groups = ray.remote(run_on_node), {}, {}
     served = defaultdict(list)
     for status in statuses.values():
@@ -349,7 +359,8 @@ def run_all(todo: list[Job], statuses: dict[str, RunStatus], demands: dict, eval
         task, bundle = demands[job.name]
         group, strategy = _place(bundle)
         threads = max(1, int(task["num_cpus"]))
-        options = {**task, "max_retries": retries, "retry_exceptions": False,
+        # retried: a dead process or node, and a run preempted after saving its step (SIGTERM); not: the run's errors
+        options = {**task, "max_retries": retries, "retry_exceptions": [Preempted],
                    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}}}
         if strategy is not None:
             options["scheduling_strategy"] = strategy

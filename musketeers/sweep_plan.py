@@ -15,7 +15,8 @@ import yaml
 from musketeers.config import load_run_config
 from musketeers.data import check_split
 from musketeers.errors import MusketeersError
-from musketeers.rundir import CONFIG_FILE, eval_path, final_or_last_checkpoint, is_finished, last_checkpoint, read_config, run_name
+from musketeers.rundir import (CONFIG_FILE, eval_path, final_or_last_checkpoint, is_finished, last_checkpoint, read_config,
+                               read_json, run_name)
 from musketeers.run_store import describe_holder, lock_holder, recorded_by, run_identity, serving_dir, store_runs
 
 BLOCK_KEYS = ("tasks", "methods", "teams", "seeds", "overrides", "task_overrides", "vary")
@@ -154,9 +155,9 @@ def eval_done(run_dir: Path, eval_opts: dict | None) -> bool:
 
     checkpoint = final_or_last_checkpoint(run_dir)
     path = eval_path(checkpoint, eval_opts.get("split") or default_split(read_config(run_dir))) if checkpoint else None
-    if path is None or not path.is_file():
+    result = read_json(path) if path is not None else None  # a torn one: evaluate again
+    if result is None:
         return False
-    result = json.loads(path.read_text())
     return result["n"] >= min(eval_opts.get("limit") or result["split_size"], result["split_size"])
 
 

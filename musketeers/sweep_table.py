@@ -5,13 +5,12 @@ placed them."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from musketeers.rundir import attempts_path, is_run_dir, read_metrics
+from musketeers.rundir import attempts_path, is_run_dir, read_jsonl, read_metrics
 
 if TYPE_CHECKING:
     from musketeers.sweep import Job
@@ -37,7 +36,7 @@ class RunStatus:
         if self.state not in ("queued", "running"):
             return
         path = attempts_path(self.job.run_dir)
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        rows = read_jsonl(path)  # a row being appended (or cut by a kill) is left out
         mine = [r for r in rows if r.get("sweep") == sweep_id]
         if mine:
             self.state, self.attempts = "running", len(mine)

@@ -20,9 +20,10 @@ from musketeers.config import ConfigError, RunConfig
 from musketeers.console import StepPrinter, run_output
 from musketeers.curves import plot_run_curves
 from musketeers.data import build_prompt, load_split
+from musketeers.interruptions import DiskFull, PreemptionCallback, disk_full, is_disk_full, sealed_checkpoint
 from musketeers.methods import METHODS
 from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, append_metrics, checkpoint_step, checkpoints_after, is_run_dir,
-                               last_checkpoint, new_run_dir, read_config, read_metrics, truncate_metrics)
+                               new_run_dir, read_config, read_metrics, resume_checkpoint, truncate_metrics)
 
 log = logging.getLogger("musketeers.train")  # phase lines: printed while musketeers.console.run_output is open
 
@@ -224,38 +225,56 @@ def _train(cfg: RunConfig | None, resume: str | Path | None, run_dir: Path | Non
         if not is_run_dir(run_dir):
             raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no {CONFIG_FILE})")
         cfg = read_config(run_dir)
-        checkpoint = last_checkpoint(run_dir)
+        checkpoint = resume_checkpoint(run_dir)  # files checked against their manifest; damaged ones skipped
         if checkpoint is None:
-            raise ConfigError(f"--resume: {str(run_dir)!r} has no checkpoint-N folder to resume from")
+            raise ConfigError(f"--resume: {str(run_dir)!r} has no complete checkpoint-N folder to resume from")
         truncate_metrics(run_dir, checkpoint_step(checkpoint))
         for partial in checkpoints_after(run_dir, checkpoint_step(checkpoint)):  # a save the kill interrupted
             shutil.rmtree(partial)
     else:
         run_dir, checkpoint = new_run_dir(cfg, run_dir), None
     print(f"run directory: {run_dir}", flush=True)
+    stop = PreemptionCallback()  # SIGTERM / SIGINT: save the step in flight, then stop (musketeers.interruptions)
     try:
-        trainer = build_trainer(cfg, run_dir)
-    except BaseException:
-        if checkpoint is None:  # a new run that never started leaves nothing behind
-            shutil.rmtree(run_dir, ignore_errors=True)
+        with stop.handling_signals():
+            trainer, seconds = _fit(cfg, run_dir, checkpoint, stop)
+    except DiskFull:
         raise
-    log.info("training: %s", describe_training(cfg, checkpoint))
-    start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        trainer.save_model(str(run_dir / FINAL_DIR))
-        if trainer.conditioner.adapter is not None:
-            trainer.save_adapter(str(run_dir / FINAL_DIR))
-    finally:
-        if trainer.conditioner.pool is not None:
-            trainer.conditioner.pool.shutdown()
-    seconds = time.perf_counter() - start
+    except Exception as error:  # a metrics row or an expert-state shard that found the disk full
+        if is_disk_full(error):
+            raise disk_full(error, run_dir) from error
+        raise
     log.info("trained to step %d in %.1f s; saved %s", trainer.state.global_step, seconds, run_dir / FINAL_DIR)
     curves = plot_run_curves(run_dir)
     summarise(run_dir, seconds)
     if curves is not None:
         print(f"curves: {curves}", flush=True)
     return run_dir
+
+
+def _fit(cfg: RunConfig, run_dir: Path, checkpoint: Path | None, stop: PreemptionCallback):
+    """Build the trainer, train from `checkpoint` (None: from scratch) and save final/; (trainer, seconds)."""
+    try:
+        trainer = build_trainer(cfg, run_dir)
+    except BaseException:
+        if checkpoint is None:  # a new run that never started leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    trainer.add_callback(stop)
+    log.info("training: %s", describe_training(cfg, checkpoint))
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if stop.stopped_early(trainer.state):
+            raise stop.preempted(run_dir, trainer.state)
+        with sealed_checkpoint(run_dir / FINAL_DIR, run_dir):
+            trainer.save_model(str(run_dir / FINAL_DIR))
+            if trainer.conditioner.adapter is not None:
+                trainer.save_adapter(str(run_dir / FINAL_DIR))
+    finally:
+        if trainer.conditioner.pool is not None:
+            trainer.conditioner.pool.shutdown()
+    return trainer, time.perf_counter() - start
 
 
 def describe_training(cfg: RunConfig, checkpoint: Path | None) -> str:

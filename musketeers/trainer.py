@@ -17,7 +17,8 @@ objective with the KL term). We override only what the context tokens touch:
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
                                       (hard routing: the expert each completion was sampled with)
   5. create_optimizer                 the adapter is its own parameter group with router_lr
-  6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints
+  6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints, and a
+                                      manifest written last seals each one (musketeers.interruptions)
   7. evaluate                         training.eval_every: greedy held-out accuracy (musketeers.evaluate's
                                       path), not TRL's sampled evaluation
 
@@ -33,6 +34,7 @@ import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +46,7 @@ from trl.trainer.utils import pad
 
 from musketeers.conditioning import Conditioner
 from musketeers.context import generate_with_context, insert_context
+from musketeers.interruptions import sealed_checkpoint
 from musketeers.methods import RowTensors
 from musketeers.rundir import ADAPTER_FILE, checkpoint_dir
 
@@ -289,12 +292,15 @@ class MusketeersGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------- 6. checkpoints
 
     def _save_checkpoint(self, model, trial):
-        # g_phi first: transformers writes trainer_state.json last, which marks the checkpoint complete
-        if self.conditioner.adapter is not None and self.args.should_save:
-            folder = checkpoint_dir(self._get_output_dir(trial=trial), self.state.global_step)
-            folder.mkdir(parents=True, exist_ok=True)
-            self.save_adapter(str(folder))
-        super()._save_checkpoint(model, trial)
+        # g_phi, then TRL's files; the manifest written after them all marks the checkpoint complete, and a
+        # full disk on the way removes the half-written folder (musketeers.interruptions.sealed_checkpoint)
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = checkpoint_dir(run_dir, self.state.global_step)
+        with sealed_checkpoint(folder, run_dir) if self.args.should_save else nullcontext():
+            if self.conditioner.adapter is not None and self.args.should_save:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.save_adapter(str(folder))
+            super()._save_checkpoint(model, trial)
 
     def save_adapter(self, folder: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.conditioner.adapter.state_dict().items()}

@@ -10,6 +10,7 @@ import yaml
 from musketeers import evaluate as ev
 from musketeers.config import load_run_config
 from musketeers.data import load_split
+from musketeers.rundir import write_manifest
 from rewards import reference_completion
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -26,6 +27,7 @@ def fake_run(tmp_path: Path, task: str, *overrides: str) -> Path:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         (run_dir / "final" / name).write_text("{}")
+    write_manifest(run_dir / "final")  # sealed, as train() leaves it
     return run_dir
 
 

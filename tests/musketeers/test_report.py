@@ -10,6 +10,7 @@ import yaml
 from musketeers import plots
 from musketeers import report as rp
 from musketeers.config import load_run_config
+from musketeers.rundir import write_manifest
 
 TASK = str(Path(__file__).parents[1] / "fixtures" / "task_tiny.yaml")
 EXPERTS = ("llama-48", "gpt2-64", "qwen2-80")
@@ -44,6 +45,7 @@ def make_run(root: Path, name: str, method: str, seed: int, rewards: list[float]
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             (run_dir / "final" / f).write_text("{}")
         fields = {"accuracy": accuracy + 0.05, "solved": accuracy} if old else {"accuracy": accuracy, "score": accuracy + 0.05}
+        write_manifest(run_dir / "final")  # sealed, as train() leaves it
         (run_dir / "final" / "eval-validation.json").write_text(json.dumps(
             {**fields, "n": 16, "split": "validation", "split_size": 16,
              "per_dataset": {"chain_sum": {**fields, "n": 16}}}))

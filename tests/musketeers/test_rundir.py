@@ -15,13 +15,18 @@ def config(tmp_path, *overrides):
     return load_run_config(TASK, [f"output_dir={tmp_path}", *overrides])
 
 
-def checkpoint(folder: Path, complete: bool = True, adapter: bool = False) -> Path:
-    """A checkpoint folder; complete = its LoRA is saved."""
+def checkpoint(folder: Path, complete: bool = True, adapter: bool = False, trainer_state: bool = False) -> Path:
+    """A checkpoint folder; complete = its LoRA is saved and the manifest written after it (incomplete: killed
+    while the LoRA was written)."""
     folder.mkdir(parents=True)
     for name in rundir.LORA_FILES[: 2 if complete else 1]:
         (folder / name).write_text("{}")
     if adapter:
         (folder / rundir.ADAPTER_FILE).write_text("")
+    if trainer_state:
+        (folder / rundir.TRAINER_STATE_FILE).write_text("{}")
+    if complete:
+        rundir.write_manifest(folder)
     return folder
 
 
@@ -49,14 +54,13 @@ def test_checkpoint_names_are_the_ones_trl_writes_and_finds(tmp_path):
     assert rundir.checkpoint_step(tmp_path / "checkpoint-12") == 12
     assert rundir.last_checkpoint(tmp_path) is None
     for step in (9, 10):
-        checkpoint(tmp_path / f"checkpoint-{step}")
-        (tmp_path / f"checkpoint-{step}" / rundir.TRAINER_STATE_FILE).write_text("{}")
+        checkpoint(tmp_path / f"checkpoint-{step}", trainer_state=True)
     (tmp_path / "checkpoint-11").write_text("")  # a file, not a folder
     (tmp_path / "checkpoint-x").mkdir()
     assert rundir.last_checkpoint(tmp_path) == Path(get_last_checkpoint(str(tmp_path))) == tmp_path / "checkpoint-10"
-    checkpoint(tmp_path / "checkpoint-12")  # a save a kill interrupted: no trainer_state.json (written last)
+    checkpoint(tmp_path / "checkpoint-12", complete=False, trainer_state=True)  # a kill before its manifest
     assert Path(get_last_checkpoint(str(tmp_path))) == tmp_path / "checkpoint-12"  # TRL would resume from it
-    assert rundir.last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert rundir.last_checkpoint(tmp_path) == rundir.resume_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert rundir.checkpoints_after(tmp_path, 10) == [tmp_path / "checkpoint-12"]
 
 
@@ -69,6 +73,8 @@ def test_discovery_picks_final_over_the_highest_complete_checkpoint(tmp_path):
     checkpoint(tmp_path / "final", complete=False)
     assert rundir.final_or_last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     (tmp_path / "final" / rundir.LORA_FILES[1]).write_text("{}")
+    assert rundir.final_or_last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # no manifest yet: not sealed
+    rundir.write_manifest(tmp_path / "final")
     assert rundir.final_or_last_checkpoint(tmp_path) == tmp_path / "final"
 
 

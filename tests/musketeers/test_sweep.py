@@ -4,6 +4,7 @@ nodes, skipped when finished, resumed after a kill or a lost node, experts on ot
 computed once."""
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from musketeers import run_store, sweep, sweep_plan
 from musketeers import train as train_module
 from musketeers.config import ConfigError, load_run_config
-from musketeers.rundir import attempts_path, read_metrics
+from musketeers.rundir import MANIFEST_FILE, attempts_path, log_path, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 TASK = str(REPO / "tests" / "fixtures" / "task_tiny.yaml")
@@ -287,16 +288,21 @@ def interrupt_seed(seed, step):
     return build
 
 
-def sweep_until_checkpoint(file: Path, checkpoint: Path) -> tuple[threading.Thread, dict]:
-    """Run the sweep in a thread (its outcome fills the dict) and return once `checkpoint` is complete."""
+def sweep_until(file: Path, done, what: str) -> tuple[threading.Thread, dict]:
+    """Run the sweep in a thread (its outcome fills the dict) and return once done() is true."""
     result = {}
     driver = threading.Thread(target=lambda: result.update(sweep.sweep(file)))
     driver.start()
     deadline = time.monotonic() + 240
-    while not (checkpoint / "trainer_state.json").is_file():
-        assert time.monotonic() < deadline and driver.is_alive(), "the run never saved its first checkpoint"
+    while not done():
+        assert time.monotonic() < deadline and driver.is_alive(), f"the run never {what}"
         time.sleep(0.05)
     return driver, result
+
+
+def sweep_until_checkpoint(file: Path, checkpoint: Path) -> tuple[threading.Thread, dict]:
+    """... once `checkpoint` is complete (its manifest, written last)."""
+    return sweep_until(file, (checkpoint / MANIFEST_FILE).is_file, "saved its first checkpoint")
 
 
 @pytest.mark.slow
@@ -340,6 +346,26 @@ def test_a_killed_run_process_is_restarted_and_resumes_from_its_checkpoint(clust
     tries = attempts(run_dir)
     assert len(tries) == 2 and tries[1]["pid"] != tries[0]["pid"] and tries[1]["resumed_from"] >= 2
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 25))
+
+
+@pytest.mark.slow
+def test_a_preempted_run_saves_its_step_and_ray_retries_it_from_there(cluster, tmp_path):
+    """SIGTERM to the run's process (a scheduler preempting it): it saves the step in flight, raises Preempted,
+    and Ray's retry resumes from that checkpoint (save_steps 100: no other checkpoint exists)."""
+    steps = ["training.max_steps=12", "training.save_steps=100", "training.gradient_accumulation_steps=1"]
+    file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["single"],
+                       seeds=[0], overrides=steps)
+    run_dir = tmp_path / "out" / "tiny-single-none-seed0"
+    driver, result = sweep_until(file, lambda: bool(read_metrics(run_dir)), "logged a step")
+    os.kill(attempts(run_dir)[0]["pid"], signal.SIGTERM)
+    driver.join(timeout=240)
+    assert result == {run_dir.name: "ok"}
+    tries = attempts(run_dir)
+    step = tries[1]["resumed_from"]
+    assert len(tries) == 2 and step >= 2
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 13))
+    saved = run_dir / f"checkpoint-{step}"
+    assert f"musketeers: preempted by SIGTERM: stopped after step {step} of 12 and saved {saved}" in log_path(run_dir).read_text()
 
 
 @pytest.mark.slow
