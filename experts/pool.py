@@ -72,7 +72,10 @@ def init_ray(num_cpus: float, env_vars: dict[str, str] | None = None) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs = {"log_to_driver": False, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}}}
+    # PYTHONHASHSEED: anything set-ordered in a worker (a dataset's scorer) behaves the same in every worker;
+    # data splits do not depend on it (musketeers/splits.py generates them under hash seed 0 itself)
+    env = {"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **(env_vars or {})}
+    kwargs = {"log_to_driver": False, "runtime_env": {"env_vars": env}}
     if not os.environ.get("RAY_ADDRESS"):
         # logical CPUs: every expert actor must fit, even when the team asks for more than the cores
         kwargs.update(num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,

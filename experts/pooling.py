@@ -1,6 +1,6 @@
 """Which hidden state stands for a prompt: pooling over tokens and layers of one expert forward.
 
-Poolings (DESIGN.md section 1 and the paper's ablation):
+Poolings (docs/method.md and the paper's Table 2 ablation):
     last_token    final layer, last real token (the default)
     first_token   final layer, first real token
     random_token  final layer, a random real token

@@ -2,8 +2,8 @@
 template (a plain layout where it has none), up to where the assistant's answer starts.
 
 An expert reads exactly this (`ExpertInput`, as token ids); the learner's prompts
-(musketeers.data.build_prompt) are this, with expert hints added to the question and the assistant
-prefill after it. Real chat templates differ in two ways a plain render would get wrong, so
+(musketeers.data.build_prompt) are this, with an expert-hints block before the question and the
+assistant prefill after it. Real chat templates differ in two ways a plain render would get wrong, so
 `chat_format` decides once per tokenizer, for experts and policy alike:
 
 - a template that refuses a system turn (gemma-2-it raises "System role not supported") or drops

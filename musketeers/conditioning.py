@@ -134,8 +134,8 @@ def build_conditioner(cfg: RunConfig, policy_dim: int, tokenizer, device: str | 
 def precompute_states(cfg: RunConfig, batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, int]]:
     """Every pooled state of the task's training and evaluation prompts, computed once into the team's
     disk cache (team.cache_dir): a run whose states are all there never loads an expert model. The
-    key holds the expert, dtype, pooling, system prompt and (random poolings only) the seed, so the
-    runs of every method and seed share it. Returns each expert's cache counts."""
+    key is the hash of the token ids each expert reads (template, system prompt, date) within a directory
+    per expert, dtype, pooling and (random poolings only) seed, so the runs of every method and seed share it. Returns each expert's cache counts."""
     from tqdm import tqdm
 
     from experts.pool import ExpertPool

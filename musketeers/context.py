@@ -18,7 +18,7 @@ Reference (the KL term's pi_ref is the frozen initial policy, LoRA disabled):
 
 C always sits after the pads, next to its prompt, never before them: RoPE attention depends on
 position differences, and C placed before the pads would sit a pad-count-dependent distance away from
-its prompt (DESIGN.md: about 3e-3 logit error, measured). Positions are given explicitly as
+its prompt (docs/environment.md: about 3e-3 logit error, measured). Positions are given explicitly as
 cumsum(mask) - 1, as `generate` derives them, so generation and every log-prob pass see identical
 positions, for absolute-position models (GPT-2) too.
 """

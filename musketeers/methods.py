@@ -1,4 +1,4 @@
-"""The methods the paper compares, one class each, in one registry (DESIGN.md section 1).
+"""The methods the paper compares, one class each, in one registry (docs/method.md).
 
 A method declares what it needs and builds its conditioning through one signature:
 

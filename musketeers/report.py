@@ -315,7 +315,7 @@ def routing_table(groups: list[Group]) -> str | None:
 
 
 def without_context_table(groups: list[Group]) -> str | None:
-    """Figure 5 as numbers: training score with C and without C (as the KL reference sees it) on the steps that
+    """Figure 5 as numbers: training score with C and without C (the prompt alone) on the steps that
     logged both, mean of the last 10% of those steps per run, then mean ± std over seeds, in %."""
     lines = ["| method | task | steps logged without C | score with C | score without C | difference |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
@@ -368,9 +368,8 @@ def build_markdown(runs: list[Run], groups: list[Group], plots: list[str], skipp
     if table := without_context_table(groups):
         parts += ["", f"## Training score with and without C (%), last {LAST_FRACTION:.0%} of the steps that logged both", "",
                   "Score: the verifier's mean score, without the secondary reward terms. "
-                  "Without C: completions sampled on the same prompts as the KL reference sees them "
-                  "(`training.reference_context`: zeros in place of C by default), every `training.no_context_reward_every` "
-                  "steps; logged, not trained on.", "", table]
+                  "Without C: completions the trained policy samples from the same prompts alone (no context tokens), "
+                  "every `training.no_context_reward_every` steps; logged, not trained on.", "", table]
     if table := routing_table(groups):
         parts += ["", "## Expert utilisation u_i (fraction of the adapter's attention; hard routing: selection frequency)",
                   "", table]
