@@ -28,10 +28,12 @@ def test_experts_run_once_per_unique_prompt_and_never_on_revisits(benchmark, tmp
     pool = trainer.conditioner.pool
     calls = []  # (expert, questions in the batch) of every real model forward
     for index, worker in enumerate(pool.workers):
-        def counted(questions, inner=worker.encode, index=index):
-            calls.append((index, list(questions)))
-            return inner(questions)
-        worker.encode = counted
+        texts = {tuple(worker.input.ids([q])[0]): q for q in benchmark.questions(2 * B)}  # ids -> the question read
+
+        def counted(ids, inner=worker.encode_ids, index=index, texts=texts):
+            calls.append((index, [texts[tuple(row)] for row in ids]))
+            return inner(ids)
+        worker.encode_ids = counted
 
     probe = benchmark.StepProbe(trainer, cuda=False)
     errors = {}
@@ -41,7 +43,7 @@ def test_experts_run_once_per_unique_prompt_and_never_on_revisits(benchmark, tmp
 
     per_expert = B  # forwards per expert on a step of new prompts
     assert [row["expert_forwards"] for row in probe.rows] == [EXPERTS * per_expert, EXPERTS * per_expert, 0]
-    assert [row["cache_hits"] for row in probe.rows][-1] == EXPERTS * B * G  # every completion of a revisit hits
+    assert [row["cache_hits"] for row in probe.rows][-1] == EXPERTS * B  # the conditioner asks once per distinct prompt: each hits
     assert [len(qs) for _, qs in calls] == [per_expert] * (2 * EXPERTS)  # one batched call per expert per new step
     assert all(len(set(qs)) == len(qs) for _, qs in calls)  # a prompt repeated G times runs once
     seen = {i: [q for j, qs in calls if j == i for q in qs] for i in range(EXPERTS)}

@@ -305,8 +305,9 @@ def test_a_run_with_torn_files_resumes_from_what_is_whole_and_ends_as_if_never_h
 def test_a_truncated_eval_result_counts_as_missing_and_is_evaluated_again(tmp_path, reference, caplog):
     run_dir = copy_run(reference, tmp_path)
     path = rundir.eval_path(run_dir / rundir.FINAL_DIR, "validation")
-    rundir.write_json_atomic(path, {"accuracy": 0.25, "items": [{"index": 0}]})
-    assert rundir.read_eval(run_dir, "validation") == {"accuracy": 0.25, "items": [{"index": 0}]}
+    result = {"accuracy": 0.25, "n": 1, "split_size": 1, "items": [{"index": 0}]}
+    rundir.write_json_atomic(path, result)
+    assert rundir.read_eval(run_dir, "validation") == result
     assert sweep.eval_done(run_dir, {})
     os.truncate(path, path.stat().st_size - 3)
     assert rundir.read_eval(run_dir, "validation") is None and not sweep.eval_done(run_dir, {})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from musketeers import run_store, sweep, sweep_plan
+from musketeers import rundir, run_store, sweep, sweep_plan
 from musketeers import train as train_module
 from musketeers.config import ConfigError, load_run_config
 from musketeers.rundir import MANIFEST_FILE, attempts_path, log_path, read_metrics
@@ -93,6 +93,9 @@ def test_a_sweep_reuses_the_runs_another_sweep_file_left_in_its_store(tmp_path, 
     (seed1.run_dir / "checkpoint-1").mkdir(parents=True)  # a run killed after its first checkpoint
     (seed1.run_dir / "config.yaml").write_text(yaml.safe_dump(seed1.config, sort_keys=False))
     (seed1.run_dir / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    for name in rundir.LORA_FILES:
+        (seed1.run_dir / "checkpoint-1" / name).write_text("{}")
+    rundir.write_manifest(seed1.run_dir / "checkpoint-1")  # sealed, as a save leaves it
 
     def second(seeds, values, eval_opts=EVAL):
         return write_sweep(tmp_path / "b.yaml", output_dir=str(store), tasks=[TASK], methods=["perceiver"], seeds=seeds,
