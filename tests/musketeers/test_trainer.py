@@ -66,6 +66,17 @@ def test_overridden_trl_methods_keep_their_signatures():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
 
 
+def one_round(trainer):
+    """TRL's own round (generate once, shuffle, split), stepped through as training does: yields (the round's
+    batch, a micro-batch, its decoded prompts) for each buffered micro-batch."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    for _ in range(trainer.args.steps_per_generation):
+        micro = trainer._prepare_inputs(batch)
+        trainer._step += 1
+        yield batch, micro, trainer.processing_class.batch_decode(micro["prompt_ids"], skip_special_tokens=True)
+
+
 def test_trl_carries_the_stored_conditioning_through_its_shuffle_and_split(tmp_path, dense_reward):
     """Behaviour behind the overrides: TRL's own _prepare_inputs (generate, shuffle, split into
     micro-batches) hands the loss pass, for every row, the C that row was generated with, and the
@@ -82,14 +93,9 @@ def test_trl_carries_the_stored_conditioning_through_its_shuffle_and_split(tmp_p
         return cond
 
     trainer.conditioner.prepare = record
-    batch = next(iter(trainer.get_train_dataloader()))
-    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     rows_seen = 0
-    for _ in range(trainer.args.steps_per_generation):
-        micro = trainer._prepare_inputs(batch)  # TRL: generation round once, then its buffered micro-batches
-        trainer._step += 1
+    for batch, micro, prompts in one_round(trainer):
         rebuilt = trainer.conditioner.context(RowTensors.collate(micro[CONDITIONING_KEY]), training=True)
-        prompts = trainer.processing_class.batch_decode(micro["prompt_ids"], skip_special_tokens=True)
         for prompt, c in zip(prompts, rebuilt):
             (question,) = [q for q in generated if q in prompt]
             assert torch.allclose(c, generated[question], atol=1e-6)
@@ -433,15 +439,10 @@ def test_hard_routing_gives_each_group_one_expert_at_generation_and_in_the_loss(
         return cond
 
     trainer.conditioner.prepare = record
-    batch = next(iter(trainer.get_train_dataloader()))
-    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     rows_seen = 0
-    for _ in range(trainer.args.steps_per_generation):
-        micro = trainer._prepare_inputs(batch)  # the round is generated once, then buffered
-        trainer._step += 1
+    for batch, micro, prompts in one_round(trainer):
         stored = RowTensors.collate(micro[CONDITIONING_KEY])
         out = trainer.conditioner.method.adapter_output(trainer.conditioner.adapter, stored, training=True)
-        prompts = trainer.processing_class.batch_decode(micro["prompt_ids"], skip_special_tokens=True)
         for prompt, expert in zip(prompts, out.selection.argmax(-1).tolist()):
             (question,) = [q for q in routed if q in prompt]
             assert routed[question] == {expert}
