@@ -89,8 +89,7 @@ class PreemptionCallback(TrainerCallback):
             yield self
             return
         previous = {s: signal.getsignal(s) for s in self.SIGNALS}
-        for s in self.SIGNALS:
-            signal.signal(s, self._handle)
+        self._install()
         try:
             yield self
         finally:
@@ -111,7 +110,14 @@ class PreemptionCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = control.should_save or save
 
+    def _install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                signal.signal(s, self._handle)
+
     def on_train_begin(self, args, state, control, **kwargs):
+        # again: ray.init (Ray experts start while the run loads) installs Ray's own SIGTERM handler, which aborts
+        self._install()
         self.phase = "training"
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -70,6 +70,17 @@ def same_metrics(run_dir: Path, reference: Path) -> None:
 # ----------------------------------------------------------------------------- 1. preemption
 
 
+def test_the_handlers_are_ours_again_when_training_begins_whatever_loading_installed():
+    """ray.init (Ray experts start while a run loads) installs Ray's own SIGTERM handler, which aborts the
+    process (exit 134, seen on the demo): training begins with ours again."""
+    stop = PreemptionCallback()
+    with stop.handling_signals():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what a library installing its own handler leaves
+        stop.on_train_begin(None, None, TrainerControl())
+        assert all(signal.getsignal(s) == stop._handle for s in PreemptionCallback.SIGNALS)
+    assert signal.getsignal(signal.SIGTERM) != stop._handle  # restored when the run ends
+
+
 def test_the_first_signal_saves_the_step_in_flight_and_stops_a_second_sigint_aborts():
     stop, control = PreemptionCallback(), TrainerControl()
     before = signal.getsignal(signal.SIGTERM)
