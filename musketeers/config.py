@@ -24,7 +24,7 @@ import yaml
 
 from experts.config import TeamConfig, parse_template_date
 from musketeers.errors import MusketeersError
-from musketeers.methods import METHODS  # the one registry of methods
+from musketeers.method_traits import METHOD_TRAITS  # the methods' names and needs (a leaf)
 
 
 def _config_dir() -> Path:
@@ -166,7 +166,7 @@ class RewardConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    method: Literal[tuple(METHODS)] = "perceiver"
+    method: Literal[tuple(METHOD_TRAITS)] = "perceiver"
     team: TeamConfig = field(default_factory=TeamConfig)
     output_dir: str = "runs"
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -472,7 +472,7 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
         if getattr(task, key) < 1:
             fail(f"task.{key}", "must be at least 1")
 
-    if METHODS[cfg.method].experts and not cfg.team.experts:
+    if METHOD_TRAITS[cfg.method].experts and not cfg.team.experts:
         fail("team.experts", f"method {cfg.method!r} needs at least one expert")
     names = [e.name for e in cfg.team.experts]
     if len(set(names)) != len(names):
@@ -580,7 +580,7 @@ def _validate_models(cfg: RunConfig, fail: typing.Callable[[str, str], typing.No
 
     refs = [("policy.model", cfg.policy.model)]
     refs += [(f"team.experts[{i}].model", e.model) for i, e in enumerate(cfg.team.experts)]
-    if METHODS[cfg.method].encoder:
+    if METHOD_TRAITS[cfg.method].encoder:
         refs.append(("adapter.router_encoder", cfg.adapter.router_encoder))
     for key, ref in refs:
         try:

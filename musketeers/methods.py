@@ -8,7 +8,8 @@ A method declares what it needs and builds its conditioning through one signatur
     cond = method.prepare(conditioner, prompts, training)   # distinct questions; the experts run here, no gradients
     out = method.adapter_output(adapter, cond.stored, training)  # C from the stored states, with gradients
 
-Adding a method is one class here and its line in METHODS; nothing else dispatches on its name.
+Adding a method is one class here, its line in METHODS and its traits in musketeers/method_traits.py
+(name, label, what it needs); nothing else dispatches on its name.
 A method prepares each distinct question once; the conditioner repeats the result for the G rows
 (completions) of its GRPO group (`Conditioning.for_rows`). What a method stores for the loss pass is a
 typed `RowTensors`, one row per completion after that, carried through TRL's batch dict, which
@@ -21,11 +22,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-if TYPE_CHECKING:  # torch stays out of config loading: musketeers.config reads METHODS from here
+from musketeers.method_traits import METHOD_TRAITS
+
+if TYPE_CHECKING:  # torch is imported where it is used
     from torch import Tensor, nn
 
     from musketeers.adapters import AdapterOutput
-    from musketeers.conditioning import Conditioner
     from musketeers.config import AdapterConfig
 
 
@@ -107,19 +109,38 @@ class Conditioning:
 
 
 class Method:
+    """One method's behaviour; what it is and needs (label, table_row, experts, encoder, context_tokens)
+    is its entry in musketeers.method_traits.METHOD_TRAITS, read through the properties below.
+    `conditioner` below is the musketeers.conditioning.Conditioner that runs the method."""
+
     name: ClassVar[str]
-    label: ClassVar[str]                  # as the paper's tables name it
-    table_row: ClassVar[int]              # its row in the paper's Table 1 (reports keep that order)
-    experts: ClassVar[bool] = True        # runs the expert team
-    encoder: ClassVar[bool] = False       # a frozen sentence encoder reads the question (hard routing)
-    context_tokens: ClassVar[bool] = False  # a trainable g_phi gives the policy context tokens C
+
+    @property
+    def label(self) -> str:
+        return METHOD_TRAITS[self.name].label
+
+    @property
+    def table_row(self) -> int:
+        return METHOD_TRAITS[self.name].table_row
+
+    @property
+    def experts(self) -> bool:
+        return METHOD_TRAITS[self.name].experts
+
+    @property
+    def encoder(self) -> bool:
+        return METHOD_TRAITS[self.name].encoder
+
+    @property
+    def context_tokens(self) -> bool:
+        return METHOD_TRAITS[self.name].context_tokens
 
     def build_adapter(self, expert_dims: list[int], out_dim: int, cfg: AdapterConfig,
                       encoder_dim: int | None = None) -> nn.Module | None:
         """The trainable g_phi, or None for methods without one."""
         return None
 
-    def prepare(self, conditioner: Conditioner, questions: list[str], training: bool) -> Conditioning:
+    def prepare(self, conditioner, questions: list[str], training: bool) -> Conditioning:
         """Run what the method needs for these distinct questions (no gradients), one entry each; C is
         added by the conditioner."""
         return Conditioning()
@@ -130,7 +151,7 @@ class Method:
 
 
 class Single(Method):
-    name, label, table_row, experts = "single", "single", 0, False
+    name = "single"
 
 
 class TextHints(Method):
@@ -138,7 +159,7 @@ class TextHints(Method):
     hints go verbatim into an "[Expert Hints]" block before the question (musketeers.data.build_prompt).
     No trainable parameters."""
 
-    name, label, table_row = "text_hints", "output collaboration", 2
+    name = "text_hints"
 
     def prepare(self, conditioner, questions, training):
         from musketeers.data import build_prompt
@@ -153,7 +174,7 @@ class TextHints(Method):
 class Perceiver(Method):
     """The paper's method: m latent queries cross-attend over the n expert states (eqs. 6-11, 16)."""
 
-    name, label, table_row, context_tokens = "perceiver", "perceiver", 4, True
+    name = "perceiver"
 
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import PerceiverAdapter
@@ -171,7 +192,7 @@ class Perceiver(Method):
 class FFN(Perceiver):
     """Without cross-attention (eq. 14): one context token per expert, FFN(V)."""
 
-    name, label, table_row = "ffn", "w/o cross-attn", 3
+    name = "ffn"
 
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import FFNAdapter
@@ -191,7 +212,7 @@ class HardRouting(Method):
     row is scored with the expert its completion was sampled with, whatever the router has learned
     since; the gradient is the soft sample's, from the stored noise."""
 
-    name, label, table_row, encoder, context_tokens = "hard_routing", "hard routing", 1, True, True
+    name = "hard_routing"
 
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import HardRouter
@@ -229,3 +250,4 @@ class HardRouting(Method):
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (Perceiver(), FFN(), HardRouting(), TextHints(), Single())}
+assert tuple(METHODS) == tuple(METHOD_TRAITS), "methods.py and method_traits.py list the same methods, in one order"

@@ -49,7 +49,7 @@ import numpy as np
 from experts.config import POOLINGS
 from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
-from musketeers.methods import METHODS
+from musketeers.method_traits import METHOD_TRAITS
 from musketeers.rundir import CONFIG_FILE, is_run_dir, read_config, read_eval, read_metrics, team_name
 from musketeers.run_store import identity_fields, is_record, recorded_run_dirs
 
@@ -179,7 +179,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for (task, method, team), members in families.items():
         keys = sorted({k for m in members for k in m[0].settings}) if len(members) > 1 else []
         differing = [k for k in keys if len({m[0].settings.get(k) for m in members}) > 1]
-        label = METHODS[method].label + (f" ({team})" if METHODS[method].experts else "")
+        label = METHOD_TRAITS[method].label + (f" ({team})" if METHOD_TRAITS[method].experts else "")
         for m in members:
             values = {k: json.loads(m[0].settings.get(k, "null")) for k in differing}
             extra = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
@@ -199,7 +199,7 @@ def setting_rank(key: str, value: Any) -> tuple:
 
 
 def _method_rank(method: str) -> int:
-    return METHODS[method].table_row
+    return METHOD_TRAITS[method].table_row
 
 
 def task_rank(task: str) -> tuple[int, str]:

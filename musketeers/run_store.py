@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from musketeers.errors import MusketeersError
-from musketeers.methods import METHODS
+from musketeers.method_traits import METHOD_TRAITS
 from musketeers.rundir import (SWEEP_FILE, is_finished, is_run_dir, last_checkpoint, checkpoint_step, read_config,
                                write_json_atomic)
 
@@ -76,7 +76,7 @@ def identity_fields(config: dict) -> dict:
     for expert in fields["team"]["experts"]:
         for key in NOT_IDENTITY_EXPERT:
             expert.pop(key, None)
-    if not METHODS[fields["method"]].experts:  # single: no team, no adapter
+    if not METHOD_TRAITS[fields["method"]].experts:  # single: no team, no adapter
         fields.pop("team"), fields.pop("adapter")
     return fields
 

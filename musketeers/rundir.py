@@ -49,7 +49,7 @@ from typing import Any
 import yaml
 
 from musketeers.config import RunConfig, load_resolved_config
-from musketeers.methods import METHODS
+from musketeers.method_traits import METHOD_TRAITS
 
 log = logging.getLogger("musketeers.rundir")  # warnings print as one line (musketeers.console shows them in runs)
 
@@ -73,7 +73,7 @@ SWEEP_FILE = "sweep.yaml"
 
 def team_name(cfg: RunConfig) -> str:
     """The team as run names show it: "none" for `single`, which runs without experts."""
-    return cfg.team.name if METHODS[cfg.method].experts else "none"
+    return cfg.team.name if METHOD_TRAITS[cfg.method].experts else "none"
 
 
 def run_name(cfg: RunConfig, suffix: str = "") -> str:
@@ -243,7 +243,7 @@ def is_finished(run_dir: Path) -> bool:
     if not is_checkpoint(final) or not is_run_dir(run_dir):
         return False
     # methods without context tokens train no g_phi, so save no adapter file
-    return not METHODS[read_config(run_dir).method].context_tokens or (final / ADAPTER_FILE).is_file()
+    return not METHOD_TRAITS[read_config(run_dir).method].context_tokens or (final / ADAPTER_FILE).is_file()
 
 
 def mark_done(run_dir: Path) -> None:

@@ -66,7 +66,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from musketeers.config import load_run_config
-from musketeers.methods import METHODS
+from musketeers.method_traits import METHOD_TRAITS
 from musketeers.rundir import attempts_path, checkpoint_step, is_finished, last_checkpoint, log_path, mark_done
 from musketeers.run_store import RunBusy, hold, release_all, serving_dir, store_runs, write_record
 from musketeers.sweep_plan import DEFAULT_RETRIES, Job, SweepError, eval_done, plan, plan_states, print_plan, read_sweep
@@ -183,7 +183,7 @@ def precompute_group(task: str, overrides: list[str]) -> dict:
 def _ray_experts(cfg: dict) -> list[dict]:
     """The experts a run starts as Ray actors (none for `single` or an in-process team)."""
     team = cfg["team"]
-    return team["experts"] if METHODS[cfg["method"]].experts and team["backend"] == "ray" else []
+    return team["experts"] if METHOD_TRAITS[cfg["method"]].experts and team["backend"] == "ray" else []
 
 
 def run_demand(job: Job, resources: dict, cluster_gpus: float) -> tuple[dict, dict | None]:
@@ -307,7 +307,7 @@ def precompute_groups(jobs: list[Job]) -> dict[str, Job]:
     groups = {}
     for job in jobs:
         cfg = job.config
-        if not cfg["team"]["cache_dir"] or not METHODS[cfg["method"]].experts:
+        if not cfg["team"]["cache_dir"] or not METHOD_TRAITS[cfg["method"]].experts:
             continue
         seed = cfg["seed"] if uses_seed(cfg["team"]["pooling"]) else None
         groups.setdefault(json.dumps([cfg["task"], cfg["team"], seed], sort_keys=True), job)

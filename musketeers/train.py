@@ -21,7 +21,7 @@ from musketeers.console import StepPrinter, run_output
 from musketeers.curves import plot_run_curves
 from musketeers.data import build_prompt, load_split
 from musketeers.interruptions import DiskFull, PreemptionCallback, disk_full, is_disk_full, sealed_checkpoint
-from musketeers.methods import METHODS
+from musketeers.method_traits import METHOD_TRAITS
 from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, append_metrics, checkpoint_step, checkpoints_after, is_run_dir,
                                new_run_dir, read_config, read_metrics, resume_checkpoint, truncate_metrics)
 
@@ -127,7 +127,7 @@ def use_activation_checkpointing(cfg: RunConfig, policy, tokenizer, dataset) -> 
     if t.activation_checkpointing != "auto":
         return t.activation_checkpointing == "always"
     prompt_tokens = max(len(tokenizer(p)["input_ids"]) for p in dataset[: min(64, len(dataset))]["prompt"])
-    context = cfg.adapter.num_queries if METHODS[cfg.method].context_tokens else 0
+    context = cfg.adapter.num_queries if METHOD_TRAITS[cfg.method].context_tokens else 0
     tokens = t.prompts_per_batch * t.num_generations * (prompt_tokens + context + t.max_completion_length)
     weights = policy.get_input_embeddings().weight
     needed = loss_pass_activation_bytes(policy.config, tokens, weights.element_size())
