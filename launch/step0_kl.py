@@ -144,7 +144,7 @@ def step0_kl(model, tokenizer, prompt_ids, contexts, layout, completions, genera
 
 def greedy_scores(model, tokenizer, cfg, rows, contexts, layout, batch_size) -> tuple[list[float], list[str]]:
     from musketeers.data import build_prompt
-    from musketeers.evaluate import greedy_completions, score_rows
+    from musketeers.generation import greedy_completions, score_rows
 
     completions = []
     for s in range(0, len(rows), batch_size):
@@ -171,10 +171,10 @@ def main(argv=None) -> None:
     from musketeers.config import load_run_config
     from musketeers.context import ContextLayout
     from musketeers.data import build_prompt, load_split
-    from musketeers.evaluate import eos_token_ids
+    from musketeers.generation import eos_token_ids
     from musketeers.rundir import write_json_atomic
     from musketeers.conditioning import build_conditioner
-    from musketeers.train import build_policy
+    from musketeers.policy import build_policy
 
     cache = tempfile.mkdtemp(prefix="step0-states-")
     cfg = load_run_config(args.task, [f"method={args.method}", "team.backend=local", f"team.cache_dir={cache}", *args.overrides])

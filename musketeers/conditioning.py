@@ -140,8 +140,7 @@ def precompute_states(cfg: RunConfig, batch_size: int = 64, progress: bool = Tru
 
     from experts.pool import ExpertPool
     from musketeers.config import ConfigError
-    from musketeers.data import load_split, system_prompt
-    from musketeers.evaluate import default_split
+    from musketeers.data import default_split, load_split, system_prompt
 
     if not cfg.team.cache_dir:
         raise ConfigError("team.cache_dir: experts precompute fills the team's disk cache; set team.cache_dir=DIR")

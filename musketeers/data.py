@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.prompt import chat_prompt
-from musketeers.config import ConfigError, TaskConfig
+from musketeers.config import ConfigError, RunConfig, TaskConfig
 from musketeers.splits import MAX_PROBES, VALIDATION_SEED_OFFSET, materialised, question_key
 
 SPLITS = ("train", "validation", "test")
@@ -92,6 +92,12 @@ def check_split(task: TaskConfig, split: str) -> None:
         raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if split == "test" and task.source != "gsm8k":
         raise ConfigError(f"task {task.name!r} has no test split; Reasoning Gym families use: train, validation")
+
+
+def default_split(cfg: RunConfig) -> str:
+    """GSM8K: the official test split; Reasoning Gym: the held-out validation items."""
+    return "test" if cfg.task.source == "gsm8k" else "validation"
+
 
 
 def load_split(task: TaskConfig, split: str) -> Sequence[dict[str, Any]]:

@@ -14,7 +14,7 @@ Numbers, named for what they are:
     final/ (or last) checkpoint, the share of items with the full score (its mean score, `score`, is
     in the runs table); a cell shows "—" when none of its runs has one, and "(k of n seeds)" when only
     some have. Eval JSONs written before accuracy meant that hold `solved` and `accuracy` (the mean
-    score): they are read as accuracy and score (musketeers.evaluate.read_eval_result), and the report
+    score): they are read as accuracy and score (musketeers.rundir.read_eval_result), and the report
     says how many;
   * training reward: the mean `reward` over the last 10% of a run's logged steps (at least one step);
     always available, but it is the sampled (temperature 1) reward on training prompts, the weighted sum
@@ -50,7 +50,8 @@ from experts.config import POOLINGS
 from musketeers.config import RunConfig
 from musketeers.errors import MusketeersError
 from musketeers.method_traits import METHOD_TRAITS
-from musketeers.rundir import CONFIG_FILE, is_run_dir, read_config, read_eval, read_metrics, team_name
+from musketeers.data import default_split
+from musketeers.rundir import CONFIG_FILE, is_run_dir, read_config, read_eval, read_eval_result, read_metrics, team_name
 from musketeers.run_store import identity_fields, is_record, recorded_run_dirs
 
 LAST_FRACTION = 0.1
@@ -139,8 +140,6 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 def load_run(run_dir: Path) -> Run:
-    from musketeers.evaluate import default_split, read_eval_result
-
     cfg = read_config(run_dir)
     split = default_split(cfg)
     settings = {k: v for k, v in _flatten(identity_fields(cfg.to_dict())).items() if k != "seed"}

@@ -315,6 +315,22 @@ def read_eval(run_dir: Path, split: str, baseline: bool = False) -> dict[str, An
     return read_json(path)
 
 
+def read_eval_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An eval JSON with today's fields. One written before accuracy meant the full-score share holds
+    `solved` (the full-score share) and `accuracy` (the mean score): they become accuracy and score,
+    overall and per dataset, and `old_fields` says it was converted."""
+    if result is None or "solved" not in result:
+        return result
+
+    def convert(stats: dict[str, Any]) -> dict[str, Any]:
+        rest = {k: v for k, v in stats.items() if k not in ("solved", "accuracy")}
+        return {**rest, "accuracy": stats["solved"], "score": stats["accuracy"]}
+
+    per_dataset = {name: convert(d) for name, d in result.get("per_dataset", {}).items()}
+    return {**convert(result), "per_dataset": per_dataset, "old_fields": True}
+
+
+
 # ----------------------------------------------------------------------------- atomic writes
 
 

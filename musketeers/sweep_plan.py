@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from musketeers.config import load_run_config
-from musketeers.data import check_split
+from musketeers.data import check_split, default_split
 from musketeers.errors import MusketeersError
 from musketeers.rundir import (CONFIG_FILE, eval_path, final_or_last_checkpoint, is_finished, last_checkpoint, read_config,
                                read_json, run_name)
@@ -151,8 +151,6 @@ def eval_done(run_dir: Path, eval_opts: dict | None) -> bool:
     """The greedy eval `eval_opts` asks for exists, on as many items as it asks (a reused run may have fewer)."""
     if eval_opts is None:
         return True
-    from musketeers.evaluate import default_split
-
     checkpoint = final_or_last_checkpoint(run_dir)
     path = eval_path(checkpoint, eval_opts.get("split") or default_split(read_config(run_dir))) if checkpoint else None
     result = read_json(path) if path is not None else None  # a torn one: evaluate again

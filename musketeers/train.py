@@ -12,8 +12,6 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from experts.models import load_model
-from experts.prompt import chat_format
 from musketeers.adapters import count_trainable
 from musketeers.conditioning import build_conditioner, start_experts
 from musketeers.config import ConfigError, RunConfig
@@ -22,6 +20,7 @@ from musketeers.curves import plot_run_curves
 from musketeers.data import build_prompt, load_split
 from musketeers.interruptions import DiskFull, PreemptionCallback, disk_full, is_disk_full, sealed_checkpoint
 from musketeers.method_traits import METHOD_TRAITS
+from musketeers.policy import build_policy
 from musketeers.rundir import (CONFIG_FILE, FINAL_DIR, append_metrics, checkpoint_step, checkpoints_after, is_run_dir,
                                new_run_dir, read_config, read_metrics, resume_checkpoint, truncate_metrics)
 
@@ -64,35 +63,6 @@ class MetricsLogger(TrainerCallback):
         if "step_time" in logs:
             row["time/update"] = max(logs["step_time"] - timed, 0.0)
         return row
-
-
-def build_policy(cfg: RunConfig):
-    """The policy model, its tokenizer and the LoRA config TRL wraps it with (TRL then takes the
-    reference from the same model with LoRA disabled, instead of keeping an adapter copy)."""
-    from peft import LoraConfig
-    from trl.trainer.utils import disable_dropout_in_model
-
-    start = time.perf_counter()
-    model, tokenizer = load_model(cfg.policy.model, dtype=cfg.policy.dtype, device="auto",
-                                  trust_remote_code=cfg.policy.trust_remote_code)
-    chat = chat_format(tokenizer, cfg.team.template_date)  # decided once: what build_prompt renders
-    weights = model.get_input_embeddings().weight
-    log.info("loaded policy %s: %s, %.1fM parameters, %s on %s, %s, in %.1f s", cfg.policy.model, model.config.model_type,
-             model.num_parameters() / 1e6, str(weights.dtype).removeprefix("torch."), weights.device, chat.describe(),
-             time.perf_counter() - start)
-    lora = cfg.policy.lora
-    modules = {name.split(".")[-1] for name, _ in model.named_modules()}
-    missing = [m for m in lora.target_modules if m not in modules]
-    if missing:
-        raise ConfigError(f"policy.lora.target_modules: {missing} not in {cfg.policy.model!r}; its linear layers include "
-                          f"{sorted(n for n in modules if n.endswith('proj') or n.startswith('c_'))[:12]}")
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    # TRL samples and scores in train mode: the base model's own dropout (GPT-2 has 0.1) would make the
-    # sampling pass and the loss pass different networks; LoRA's stays policy.lora.dropout (0, the paper's)
-    disable_dropout_in_model(model)
-    tokenizer.padding_side = "left"
-    return model, tokenizer, config
 
 
 # Activations the loss pass keeps for backward, per token and layer, in elements of the compute dtype:
@@ -163,7 +133,7 @@ def grpo_config(cfg: RunConfig, run_dir: Path, activation_checkpointing: bool):
 def build_trainer(cfg: RunConfig, run_dir: Path):
     from transformers.trainer_callback import PrinterCallback
 
-    from musketeers.evaluate import HeldOut
+    from musketeers.generation import HeldOut
     from musketeers.tracking import tracker_callbacks
     from musketeers.trainer import MusketeersGRPOTrainer
     from rewards import make_reward_functions

@@ -51,7 +51,7 @@ from musketeers.methods import RowTensors
 from musketeers.rundir import ADAPTER_FILE, checkpoint_dir
 
 if TYPE_CHECKING:
-    from musketeers.evaluate import HeldOut
+    from musketeers.generation import HeldOut
 
 CONDITIONING_KEY = "conditioning"  # TRL batch-dict entry holding the method's stored RowTensors
 

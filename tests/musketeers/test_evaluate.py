@@ -8,9 +8,10 @@ import torch
 import yaml
 
 from musketeers import evaluate as ev
+from musketeers import generation as gen
 from musketeers.config import load_run_config
 from musketeers.data import load_split
-from musketeers.rundir import write_manifest
+from musketeers.rundir import read_eval_result, write_manifest
 from rewards import reference_completion
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -107,10 +108,10 @@ def test_scores_read_gsm8k_as_the_runs_reward_gsm8k_extraction_says():
 def test_eval_files_of_older_runs_are_read_with_todays_fields():
     old = {"n": 4, "accuracy": 0.6, "solved": 0.5, "split": "validation",
            "per_dataset": {"a": {"n": 4, "accuracy": 0.6, "solved": 0.5}}}
-    assert ev.read_eval_result(old) == {"n": 4, "accuracy": 0.5, "score": 0.6, "split": "validation",
+    assert read_eval_result(old) == {"n": 4, "accuracy": 0.5, "score": 0.6, "split": "validation",
                                         "per_dataset": {"a": {"n": 4, "accuracy": 0.5, "score": 0.6}}, "old_fields": True}
     new = {"n": 4, "accuracy": 0.5, "score": 0.6, "per_dataset": {}}
-    assert ev.read_eval_result(new) is new and ev.read_eval_result(None) is None
+    assert read_eval_result(new) is new and read_eval_result(None) is None
 
 
 def test_baseline_writes_beside_the_run_and_bad_paths_fail_in_one_line(tmp_path, oracle):
@@ -157,7 +158,7 @@ def test_sampled_eval_on_known_completions_writes_beside_the_greedy_result(tmp_p
     run_dir = fake_run(tmp_path, TASK, TWO_DATASETS)
     greedy = ev.evaluate(run_dir, limit=8, batch_size=3, progress=False)
     result = ev.evaluate(run_dir, limit=8, batch_size=3, progress=False, sampling=ev.Sampling(3))
-    assert OracleEvaluator.seeds == [ev.batch_seed(0, s) for s in (0, 3, 6)]  # one seed per batch, from the run's
+    assert OracleEvaluator.seeds == [gen.batch_seed(0, s) for s in (0, 3, 6)]  # one seed per batch, from the run's
     # item i has i % 4 correct samples of 3: 0, 1, 2, 3, 0, 1, 2, 3
     assert result["mean@k"] == pytest.approx((0 + 1 / 3 + 2 / 3 + 1) * 2 / 8) and result["pass@k"] == pytest.approx(6 / 8)
     rows = load_split(load_run_config(TASK, [TWO_DATASETS]).task, "validation")
@@ -257,7 +258,7 @@ def test_greedy_generation_with_context_matches_the_trainers(tmp_path):
     context = torch.randn(2, 4, trainer.model.get_input_embeddings().weight.shape[1])
     expected = trainer._generate_with_context(prompt_ids, context)
     tokenizer = trainer.processing_class
-    got = ev.greedy_completions(trainer.model, tokenizer, prompts, context, trainer.generation_config.max_new_tokens,
+    got = gen.greedy_completions(trainer.model, tokenizer, prompts, context, trainer.generation_config.max_new_tokens,
                                 trainer.conditioner.layout)
     assert got == tokenizer.batch_decode(expected, skip_special_tokens=True)
 
@@ -270,9 +271,9 @@ def test_greedy_eval_ignores_the_models_own_repetition_penalty(tmp_path):
     trainer = build_trainer(load_run_config(TASK, [f"output_dir={tmp_path}", "method=single"]), tmp_path)
     model, tokenizer, layout = trainer.model, trainer.processing_class, trainer.conditioner.layout
     prompts = ["User: 1 + 2 = ?\nAssistant: ", "User: a much longer question about 7 - 3 = ?\nAssistant: "]
-    plain = ev.greedy_completions(model, tokenizer, prompts, None, 12, layout)
+    plain = gen.greedy_completions(model, tokenizer, prompts, None, 12, layout)
     model.generation_config.repetition_penalty = 50.0  # changes these greedy completions when it applies
-    assert ev.greedy_completions(model, tokenizer, prompts, None, 12, layout) == plain
+    assert gen.greedy_completions(model, tokenizer, prompts, None, 12, layout) == plain
 
 
 def test_sampled_eval_end_to_end_from_the_command_line(trained, capsys):
@@ -310,7 +311,7 @@ def test_sampling_ignores_the_models_own_top_k_and_is_seeded(tmp_path):
     model.generation_config.top_k = 1  # would make every sample the greedy one
     prompts = ["User: 1 + 2 = ?\nAssistant: ", "User: a much longer question about 7 - 3 = ?\nAssistant: "]
     sampling = ev.Sampling(4, 1.5, 1.0)
-    out = ev.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=7)
+    out = gen.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=7)
     assert len(out) == 8 and len(set(out[:4])) > 1 and len(set(out[4:])) > 1
-    assert ev.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=7) == out
-    assert ev.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=8) != out
+    assert gen.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=7) == out
+    assert gen.policy_completions(model, tokenizer, prompts, None, 8, layout, sampling=sampling, seed=8) != out
