@@ -53,6 +53,16 @@ def trackers(report_to: str) -> list[str]:
     return [name for name in (part.strip() for part in report_to.split(",")) if name != "none"]
 
 
+def flat_keys(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a config's to_dict()) as dotted keys -> leaf values (lists and scalars as they are)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flat_keys(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 # ----------------------------------------------------------------------------- schema
 
 

@@ -1,14 +1,17 @@
 """The run's own curves, written into its directory when training ends (rundir.CURVES_FILE): training
 reward (with held-out accuracy where the run evaluated), KL, entropy and per-expert utilisation over
-optimizer steps, drawn with the report's plotting helpers (plots.py) (`musketeers report` compares runs).
+optimizer steps (`musketeers report` compares runs).
+
+It reads the run through musketeers/runs.py and draws with the plotting primitives (plotting.py),
+never through the report; train.py imports it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from musketeers.plots import mean_band, new_figure, save_figure, series_matrix
-from musketeers.report import Group, load_run, routing_keys
+from musketeers.plotting import mean_band, new_figure, save_figure, series_matrix
+from musketeers.runs import Group, load_run, routing_keys
 from musketeers.rundir import CURVES_FILE
 
 

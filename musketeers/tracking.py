@@ -23,7 +23,7 @@ import yaml
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback, WandbCallback
 
-from musketeers.config import RunConfig, trackers
+from musketeers.config import RunConfig, flat_keys, trackers
 from musketeers.rundir import TENSORBOARD_DIR
 
 
@@ -34,14 +34,8 @@ def tracker_callbacks(cfg: RunConfig, run_dir: Path) -> list[TrainerCallback]:
 
 def flat_config(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as dotted keys with scalar values (lists and mappings as JSON text)."""
-    def walk(node: Any, prefix: str):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                yield from walk(value, f"{prefix}.{key}" if prefix else str(key))
-        else:
-            yield prefix, node if node is None or isinstance(node, (bool, int, float, str)) else json.dumps(node)
-
-    return dict(walk(cfg.to_dict(), ""))
+    return {key: value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+            for key, value in flat_keys(cfg.to_dict()).items()}
 
 
 class RunTensorBoard(TensorBoardCallback):

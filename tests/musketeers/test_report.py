@@ -9,6 +9,7 @@ import yaml
 
 from musketeers import plots
 from musketeers import report as rp
+from musketeers import runs as run_reading
 from musketeers.config import load_run_config
 from musketeers.rundir import write_manifest
 
@@ -122,8 +123,8 @@ def test_every_plot_is_written_when_there_is_data(runs, tmp_path):
 
 def test_utilisation_change_is_last_tenth_minus_first_step(runs):
     run = rp.load_run(runs / "p0")
-    assert rp.change_from_start(run, "routing/utilisation/llama-48") == pytest.approx(0.18)
-    assert rp.change_from_start(run, "routing/utilisation/gpt2-64") == pytest.approx(-0.18)
+    assert run_reading.change_from_start(run, "routing/utilisation/llama-48") == pytest.approx(0.18)
+    assert run_reading.change_from_start(run, "routing/utilisation/gpt2-64") == pytest.approx(-0.18)
 
 
 def test_without_eval_json_the_report_says_which_number_it_shows(tmp_path):
@@ -149,9 +150,9 @@ def test_cli_parser_and_bad_paths(runs, tmp_path, capsys):
     args = parser.parse_args(["report", str(runs / "p0"), str(runs / "p1"), "--out", str(tmp_path / "o")])
     args.func(args)
     assert "# musketeers report (2 runs)" in capsys.readouterr().out
-    with pytest.raises(rp.ReportError, match="does not exist"):
+    with pytest.raises(run_reading.ReportError, match="does not exist"):
         rp.report([tmp_path / "missing"], tmp_path / "o")
-    with pytest.raises(rp.ReportError, match="no run directories"):
+    with pytest.raises(run_reading.ReportError, match="no run directories"):
         rp.report([tmp_path / "o"], tmp_path / "o2")
 
 
