@@ -47,7 +47,8 @@ pid, GPUs, the step it resumed from) in logs/<run>.attempts.jsonl. While it runs
 table (queued / running on which node / finished / failed, step, reward) and ends with a summary.
 With team.cache_dir set, every expert state the runs read is computed once before they start: one
 Ray task per task x team (x seed for random poolings). What a run directory holds: rundir.py; reading
-the sweep file and each run's state: sweep_plan.py; the store shared by sweeps: run_store.py.
+the sweep file and each run's state: sweep_plan.py; what a run asks of Ray: sweep_resources.py; the
+store shared by sweeps: run_store.py. This module may import everything below it; only the CLI imports it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from musketeers.method_traits import METHOD_TRAITS
 from musketeers.rundir import attempts_path, checkpoint_step, is_finished, last_checkpoint, log_path, mark_done
 from musketeers.run_store import RunBusy, hold, release_all, serving_dir, store_runs, write_record
 from musketeers.sweep_plan import DEFAULT_RETRIES, Job, SweepError, eval_done, plan, plan_states, print_plan, read_sweep
+from musketeers.sweep_resources import check_fits, cpu_demand, run_demand
 from musketeers.sweep_table import Display, RunStatus
 
 POLL_S = 2.0
@@ -175,58 +177,6 @@ def precompute_group(task: str, overrides: list[str]) -> dict:
 
     stats = precompute_states(load_run_config(task, overrides), progress=False)
     return {"models_loaded": stats["models_loaded"]}
-
-
-# ----------------------------------------------------------------------------- what a run asks of Ray
-
-
-def _ray_experts(cfg: dict) -> list[dict]:
-    """The experts a run starts as Ray actors (none for `single` or an in-process team)."""
-    team = cfg["team"]
-    return team["experts"] if METHOD_TRAITS[cfg["method"]].experts and team["backend"] == "ray" else []
-
-
-def run_demand(job: Job, resources: dict, cluster_gpus: float) -> tuple[dict, dict | None]:
-    """(the run task's Ray resource options, its placement-group bundle or None when its experts go apart)."""
-    gpus = resources["num_gpus"] if resources["num_gpus"] != "auto" else float(cluster_gpus > 0)
-    task = {"num_cpus": resources["num_cpus"], "num_gpus": gpus, "resources": dict(resources["custom"])}
-    experts = _ray_experts(job.config)
-    if not experts or job.config["team"]["placement"] == "apart":
-        return task, None
-    expert_gpus = sum(e["num_gpus"] for e in experts)
-    if gpus and gpus <= expert_gpus:
-        raise SweepError(f"{job.name}: its experts ask for {expert_gpus:g} GPU of the run's {gpus:g} "
-                         f"(team.placement together); lower their num_gpus or raise resources.num_gpus")
-    bundle = {"CPU": cpu_demand(job, resources), "GPU": max(gpus, expert_gpus)}
-    for extra in (task["resources"], *(e["resources"] for e in experts)):
-        for key, amount in extra.items():
-            bundle[key] = bundle.get(key, 0.0) + amount
-    task.update(num_gpus=gpus - expert_gpus if gpus else 0.0, resources={})  # the rest of the bundle is the experts'
-    return task, {k: v for k, v in bundle.items() if v > 0}
-
-
-def cpu_demand(job: Job, resources: dict) -> float:
-    """CPUs one run holds at once (policy and experts): a local Ray must have at least this many."""
-    return resources["num_cpus"] + sum(e["num_cpus"] for e in _ray_experts(job.config))
-
-
-def check_fits(jobs: list[Job], demands: dict[str, tuple[dict, dict | None]], nodes: list[dict]) -> None:
-    """Fail now, not wait forever, when no node of the cluster can hold a run (or one of its experts)."""
-    def fits(need: dict) -> bool:
-        return any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in need.items() if v) for node in nodes)
-
-    for job in jobs:
-        task, bundle = demands[job.name]
-        need = bundle or {"CPU": task["num_cpus"], "GPU": task["num_gpus"], **task["resources"]}
-        wants = [("the run", need)] + ([] if bundle else [
-            (f"expert {e['name']!r}", {"CPU": e["num_cpus"], "GPU": e["num_gpus"], **e["resources"]})
-            for e in _ray_experts(job.config)])
-        for who, want in wants:
-            if not fits(want):
-                have = "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if not k.startswith("node:")
-                                           and k not in ("memory", "object_store_memory")) for n in nodes)
-                raise SweepError(f"{job.name}: {who} asks for {want} and no node of the Ray cluster has that "
-                                 f"(nodes: {have or 'none'}); change resources in the sweep file or the team file")
 
 
 # ----------------------------------------------------------------------------- Ray

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from musketeers.rundir import attempts_path, is_run_dir, read_jsonl, read_metrics
 
 if TYPE_CHECKING:
-    from musketeers.sweep import Job
+    from musketeers.sweep_plan import Job
 
 TABLE_EVERY_S = 60.0  # without a terminal, the table is printed when a run changes state, else this often
 
