@@ -8,28 +8,27 @@ Cache layout (root = ``$MUSKETEERS_CACHE`` or ``~/.cache/musketeers``)::
 
     <root>/models/<name>/                 a converted model folder (valid only with the marker)
     <root>/models/<name>/.musketeers-complete.json   written last, before the folder is renamed
-    <root>/models/.<name>.lock            fcntl lock held by the converting process
+    <root>/models/.<name>.lock            file lock (filelock) held by the converting process
     <root>/models/.tmp-<name>-*/          work dir of a conversion (stale ones are removed)
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import difflib
-import functools
 import importlib.metadata as md
 import importlib.util
 import json
 import logging
 import os
 import shutil
-import string
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock
 
 from experts.errors import MusketeersError
 
@@ -197,27 +196,17 @@ def _is_valid(folder: Path, identity: str) -> bool:
 
 @contextlib.contextmanager
 def _file_lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # no fcntl (Windows): rely on unique temp dirs + a rename that tolerates races
-        yield False
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    """An exclusive lock on `path` between processes (filelock: fcntl on POSIX, msvcrt on Windows); yields
+    whether it is held (True: the conversion may clean up after dead converters)."""
+    with FileLock(path):
+        yield True
 
 
-def _clean_stale(root: Path, name: str, locked: bool) -> None:
-    """Remove work dirs of dead conversions. Under the lock every one is stale; without a lock only
-    those untouched for 6 hours are."""
+def _clean_stale(root: Path, name: str) -> None:
+    """Remove work dirs of dead conversions: under the lock every one is stale."""
     for pattern in (f".tmp-{name}-*", f".old-{name}-*"):
         for path in root.glob(pattern):
-            with contextlib.suppress(OSError):
-                if locked or time.time() - path.stat().st_mtime > 6 * 3600:
-                    shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -340,7 +329,8 @@ def ensure_embedded(name: str) -> Path:
     with _file_lock(root / f".{spec.name}.lock") as locked:
         if _is_valid(final, identity):  # converted by another process while we waited
             return final
-        _clean_stale(root, spec.name, locked)
+        if locked:
+            _clean_stale(root, spec.name)
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=root))
         try:
             out, scratch = work / "model", work / "scratch"
@@ -387,80 +377,3 @@ def _version(dist: str) -> str:
         return md.version(dist)
     except md.PackageNotFoundError:
         return "none"
-
-
-# --------------------------------------------------------------------------- synthetic tokenizers
-
-SYNTHETIC_TOKENIZERS = ("bytes", "chars", "gpt2")
-# GPT-2's pre-tokenisation regex (tiktoken's "gpt2" encoding)
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def gpt2_tiktoken_path() -> Path | None:
-    """whisper/assets/gpt2.tiktoken from the openai-whisper package (not imported), if installed."""
-    return package_file("openai-whisper", "whisper", "assets/gpt2.tiktoken")
-
-
-@functools.lru_cache(maxsize=None)
-def _tokenizer_json(kind: str) -> str:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    if kind == "bytes":  # 256 byte tokens (id = byte value) + specials; no merges
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-        vocab = {ch: b for b, ch in bytes_to_unicode().items()}
-        assert set(vocab) == set(alphabet)
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens(["<|endoftext|>", "<|pad|>"])
-    elif kind == "chars":  # specials first, then one token per printable ASCII character
-        vocab = {s: i for i, s in enumerate(["<pad>", "<s>", "</s>", "<unk>"])}
-        for ch in string.printable:
-            vocab.setdefault(ch, len(vocab))
-        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-        tok.decoder = decoders.Fuse()
-        tok.add_special_tokens(["<pad>", "<s>", "</s>", "<unk>"])
-    elif kind == "gpt2":
-        path = gpt2_tiktoken_path()
-        if path is None:
-            raise ModelLoadError("cannot build tokenizer 'gpt2': whisper/assets/gpt2.tiktoken not found; "
-                                 "install it with: pip install --no-deps openai-whisper==20250625")
-        from transformers.convert_slow_tokenizer import TikTokenConverter
-
-        class _LocalTikToken(TikTokenConverter):
-            @staticmethod
-            def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:  # no tiktoken dependency
-                ranks = {}
-                with open(tiktoken_url, "rb") as handle:
-                    for line in handle:
-                        if line.strip():
-                            token, rank = line.split()
-                            ranks[base64.b64decode(token)] = int(rank)
-                return ranks
-
-        tok = _LocalTikToken(str(path), pattern=GPT2_PATTERN, extra_special_tokens=["<|endoftext|>"]).converted()
-    else:
-        raise ValueError(f"unknown synthetic tokenizer {kind!r}; valid: {', '.join(SYNTHETIC_TOKENIZERS)}")
-    return tok.to_str()
-
-
-def synthetic_tokenizer(kind: str):
-    """A fresh PreTrainedTokenizerFast: 'gpt2' (real GPT-2 BPE, 50,257 tokens), 'bytes' (258) or
-    'chars' (104, printable ASCII; other characters become <unk>). No chat template."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer.from_str(_tokenizer_json(kind))
-    if kind == "gpt2":
-        special = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                       pad_token="<|endoftext|>", model_max_length=1024)
-    elif kind == "bytes":
-        special = dict(eos_token="<|endoftext|>", pad_token="<|pad|>")
-    else:
-        special = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **special)
-    tok.name_or_path = f"musketeers:{kind}"
-    return tok

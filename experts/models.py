@@ -22,7 +22,6 @@ import torch
 
 from .embedded import (  # noqa: F401  (re-exported public API)
     EMBEDDED_MODELS,
-    SYNTHETIC_TOKENIZERS,
     EmbeddedModel,
     ModelLoadError,
     ModelRefError,
@@ -31,11 +30,10 @@ from .embedded import (  # noqa: F401  (re-exported public API)
     embedded_identity,
     embedded_spec,
     ensure_embedded,
-    gpt2_tiktoken_path,
     needs_conversion as _embedded_needs_conversion,
     one_line,
-    synthetic_tokenizer,
 )
+from .synthetic import SYNTHETIC_TOKENIZERS, gpt2_tiktoken_path, synthetic_tokenizer  # noqa: F401  (re-exported)
 
 __all__ = [
     "EMBEDDED_MODELS", "EmbeddedModel", "ModelLoadError", "ModelRef", "ModelRefError", "RANDOM_ARCHS",

@@ -194,7 +194,7 @@ def test_gpt2_tokenizer_matches_tiktoken(monkeypatch):
     tiktoken = pytest.importorskip("tiktoken")
     from tiktoken.load import load_tiktoken_bpe
 
-    from experts.embedded import GPT2_PATTERN, gpt2_tiktoken_path
+    from experts.synthetic import GPT2_PATTERN, gpt2_tiktoken_path
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the file directly, no copy in /tmp
     ranks = load_tiktoken_bpe(str(gpt2_tiktoken_path()))

@@ -14,7 +14,7 @@ from jinja2.exceptions import TemplateError
 
 from experts import ExpertPool, ExpertWorker
 from experts.config import ExpertConfig, TeamConfig
-from experts.embedded import synthetic_tokenizer
+from experts.synthetic import synthetic_tokenizer
 from experts.prompt import ExpertInput, chat_format, chat_prompt
 from musketeers.config import ConfigError, TaskConfig, load_run_config
 from musketeers.data import build_prompt, system_prompt

@@ -107,7 +107,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 def test_expert_hints_are_a_block_before_the_question_in_the_user_turn():
     """Output-level collaboration: the "[Expert Hints]" block prefixes the question inside the user turn
     of the rendered chat template; the system prompt and the assistant prefill stay where they were."""
-    from experts.embedded import synthetic_tokenizer
+    from experts.synthetic import synthetic_tokenizer
 
     tokenizer = synthetic_tokenizer("bytes")
     tokenizer.chat_template = CHATML
