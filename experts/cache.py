@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 2  # 2: keys hash token ids (1 hashed the question text)
+FORMAT_VERSION = 3  # 3: ids cut by the tokenizer, keeping its BOS; 2: keys hash token ids (1 hashed the question text)
 MERGE_AT = 64  # shards found at load time before they are merged into one
 CHECKSUM_KEY = "sha256"  # a shard's metadata entry: sha256 of its tensors (tensor_digest)
 DAMAGED_SUFFIX = ".damaged"  # a shard that failed to load, renamed so that it is read (and warned about) once

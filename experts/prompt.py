@@ -123,11 +123,14 @@ def chat_prompt(question: str, tokenizer: Any, system: str | None) -> str:
 
 class ExpertInput:
     """What one expert reads: each question through its tokenizer's chat format with the task's system
-    prompt, as token ids cut from the left to `max_length` (the end of the question stays). The pool
-    keys its cache on these ids and the worker runs them, so both always agree."""
+    prompt, as token ids cut from the left to `max_length` by the tokenizer's own truncation (the end of
+    the question stays, and special tokens the tokenizer adds, e.g. BOS, are kept). The pool keys its
+    cache on these ids and the worker runs them, so both always agree. It sets the tokenizer's
+    truncation_side to "left": the tokenizer it is handed is the expert's own."""
 
     def __init__(self, tokenizer: Any, system: str | None, date: str, max_length: int):
         self.tokenizer, self.system, self.max_length = tokenizer, system, max_length
+        tokenizer.truncation_side = "left"
         self._format = chat_format(tokenizer, date)
 
     @property
@@ -141,10 +144,12 @@ class ExpertInput:
 
     def ids(self, questions: list[str], cut: bool = True) -> list[list[int]]:
         """Token ids per question (cut=False: before the cut to max_length). A chat template writes its
-        own special tokens; the plain layout gets the tokenizer's (e.g. BOS)."""
+        own special tokens (text, cut like the rest); the plain layout gets the tokenizer's (e.g. BOS,
+        which the cut keeps)."""
         if not questions:
             return []
         fmt = self.format
         texts = [fmt.render(self.tokenizer, q, self.system) for q in questions]
-        rows = self.tokenizer(texts, add_special_tokens=fmt.source is None)["input_ids"]
-        return [list(row[-self.max_length:] if cut else row) for row in rows]
+        rows = self.tokenizer(texts, add_special_tokens=fmt.source is None, truncation=cut,
+                              max_length=self.max_length if cut else None)["input_ids"]
+        return [list(row) for row in rows]

@@ -6,8 +6,7 @@ the system prompt it is handed (folded into the first user turn where the templa
 turn; templates that write a date read team.template_date; no assistant prefill: the expert reads
 the question, it does not answer it), as token ids cut from the left so the end of the question
 stays. The pool sends those ids (encode_ids: the ids its cache keys hash); the worker pads batches
-itself. Padding is invisible to
-the result: the attention mask and explicit position ids (cumsum(mask) - 1) make a prompt's state
+with the tokenizer's own padding. Padding is invisible to the result: the attention mask and explicit position ids (cumsum(mask) - 1) make a prompt's state
 the same alone or in a batch, padded on either side.
 """
 
@@ -73,17 +72,10 @@ class ExpertWorker:
         return self.pad(self.input.ids(questions), padding_side)
 
     def pad(self, ids: list[list[int]], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask) [B, T] on the model's device: rows of token ids padded on `padding_side`."""
-        tok = self.tokenizer
-        width = max(len(row) for row in ids)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-            input_ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return input_ids.to(self.device), mask.to(self.device)
+        """(input_ids, attention_mask) [B, T] on the model's device: rows of token ids padded on `padding_side`
+        by the tokenizer's own padding (its pad token: experts.models.load_tokenizer sets one)."""
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, padding_side=padding_side, return_tensors="pt")
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
     # ------------------------------------------------------------------ requests
 

@@ -253,6 +253,19 @@ def test_the_cache_key_is_the_hash_of_the_token_ids_read(folders):
     assert prompt_key(ids) == prompt_key(list(ids)) != prompt_key(full)
 
 
+def test_a_long_prompt_cut_to_max_length_keeps_the_tokenizers_bos():
+    """Without a chat template the tokenizer adds its BOS; the cut to max_length (the tokenizer's own
+    truncation, from the left) keeps it, and the end of the question."""
+    from tokenizers import processors
+
+    tok = synthetic_tokenizer("chars")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    reader = ExpertInput(tok, SYSTEM, "26 Jul 2024", max_length=12)
+    (ids,), (full,) = reader.ids([QUESTION]), reader.ids([QUESTION], cut=False)
+    assert full[0] == tok.bos_token_id and len(full) > 12
+    assert len(ids) == 12 and ids[0] == tok.bos_token_id and ids[1:] == full[-11:]
+
+
 def test_the_generalist_teams_gemma_expert_reads_a_gemma2_template(folders):
     """configs/teams/generalist.yaml's gemma-2-2b-it with the task's DeepSeekZero system prompt: its
     template refuses the system turn, so the expert would crash on its first prompt without folding."""
