@@ -11,6 +11,8 @@ Every adapter returns an AdapterOutput whose `.context` [B, m, out_dim] goes in 
 Linear maps that the equations write without a bias (W_i, W_Q, W_K, W_V, W_1, W_2) have none; the
 output projection has the explicit b_out. The output projection starts near zero, so C ~ 0 at step
 one (the policy starts as if it had no context) while every parameter still gets a gradient.
+
+A leaf: torch only, nothing of the project (methods.py builds these).
 """
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """The `musketeers` command line. Every bad input ends as one line on stderr and exit code 2; a run stopped
-by preemption or a full disk ends as one line and exit code 75 or 74 (musketeers/interruptions.py)."""
+by preemption or a full disk ends as one line and exit code 75 or 74 (musketeers/interruptions.py).
+
+It sits on top of musketeers/layers.py and may import any module; each command registers its parser
+from its own module.
+"""
 
 from __future__ import annotations
 

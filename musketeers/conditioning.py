@@ -11,6 +11,9 @@
 What each method does is in musketeers/methods.py; this module runs it and logs its routing.
 Experts are frozen and their pooled states depend only on (expert, pooling, prompt), so they are
 computed once, here; the loss pass recomputes only the adapter from the stored states.
+
+It may import config, context, data, methods, metrics and experts/ (layer 4 of musketeers/layers.py);
+generation, the trainer and the commands import it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ and never prints), shown while `run_output` is open. TRL's own console output (t
 raw dict per step) is switched off in musketeers/train.py; `StepPrinter` prints `step_line` instead.
 The deprecation warnings that transformers and PEFT raise on calls made inside TRL, PEFT and our KV-cached
 generation, which a user can do nothing about, are silenced one by one by their text; nothing else is.
+
+A leaf: it imports nothing of the project.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ position differences, and C placed before the pads would sit a pad-count-depende
 its prompt (docs/environment.md: about 3e-3 logit error, measured). Positions are given explicitly as
 cumsum(mask) - 1, as `generate` derives them, so generation and every log-prob pass see identical
 positions, for absolute-position models (GPT-2) too.
+
+It imports only the config (the layout names); generation and the trainer place C with it.
 """
 
 from __future__ import annotations

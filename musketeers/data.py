@@ -21,6 +21,8 @@ the same items shifted by the seed difference: a second seed is NOT a disjoint s
 The training file is generated from the validation file beside it (its key holds that file's sha256),
 so no validation question ever appears in training; `disjointness_report` checks it at full size.
 GSM8K trains on its train split minus any question of the official test split.
+
+It may import config, splits and experts.prompt; methods, conditioning and everything above read tasks through it.
 """
 
 from __future__ import annotations

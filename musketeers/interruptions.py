@@ -25,6 +25,8 @@ space and the checkpoint --resume will use; `musketeers train` exits 74 (EX_IOER
 would find the same full disk. Any other write of the run that fails so (a metrics row, an expert-state
 shard, final/) stops it the same way. torch.save reports a full disk as a RuntimeError without errno,
 so a failed save also counts as a full disk when less space is left than the last checkpoint took.
+
+It may import errors and rundir; the trainer, train and sweep use it.
 """
 
 from __future__ import annotations

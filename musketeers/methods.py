@@ -14,6 +14,9 @@ A method prepares each distinct question once; the conditioner repeats the resul
 (completions) of its GRPO group (`Conditioning.for_rows`). What a method stores for the loss pass is a
 typed `RowTensors`, one row per completion after that, carried through TRL's batch dict, which
 shuffles and splits it with the batch.
+
+It may import method_traits, config, data and adapters (layer 3 of musketeers/layers.py), never
+conditioning, which runs it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ between a run's reward and entropy series, hard-routing selection frequencies.
 
 A is the head-averaged attention of the Perceiver adapter, [B, m, n] (or [m, n] for one prompt):
 row j of A is latent query j's distribution over the n experts.
+
+A leaf: torch, numpy and scipy only.
 """
 from __future__ import annotations
 

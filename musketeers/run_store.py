@@ -30,6 +30,8 @@ or a deleted run. The lock, one per identity, keeps two sweeps (or two launches 
 training the same run twice, or into one directory at once: it is created atomically (a hard link of
 a complete file, which NFS does atomically too), and a lock whose heartbeat stopped STALE_S seconds
 ago is taken over (the nodes' clocks must agree to well within that, as NTP keeps them).
+
+It may import errors, method_traits and rundir; sweep_plan, sweep and runs read the store through it.
 """
 
 from __future__ import annotations

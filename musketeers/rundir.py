@@ -32,6 +32,8 @@ manifests, the DONE marker and truncated metrics are written atomically: a kille
 file or the new one, never half of one. metrics.jsonl is appended a row at a time: a row cut by a kill or
 a full disk is skipped when read and dropped when the run resumes; an eval JSON that does not parse
 counts as missing (a sweep evaluates again). What survives which fault: musketeers/interruptions.py.
+
+It may import config and method_traits only: everything that reads or writes a run directory goes through it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ The key hashes the split's identity: SPLIT_FORMAT, the reasoning-gym version, th
 weights and configs, seed, size, and for training the sha256 of the validation file it excludes, so
 a training file always matches the validation file beside it. A file whose checksum fails (torn,
 garbled) is reported in one warning line and generated again, never read.
+
+It may import config (types only), rundir (atomic writes) and experts.embedded (the cache folder);
+data.py reads splits through it.
 """
 
 from __future__ import annotations

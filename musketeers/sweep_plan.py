@@ -1,6 +1,9 @@
 """A sweep file (its format: musketeers/sweep.py) -> its runs (`Job`s), and what each needs now in the store
 it writes to (run_store.py): which run dir serves it, and whether that run is new, finished, to be
-evaluated, resumed or restarted, busy in another sweep, or in conflict with another run of its name."""
+evaluated, resumed or restarted, busy in another sweep, or in conflict with another run of its name.
+
+It may import config, data, errors, rundir and run_store; sweep.py and sweep_resources.py import it.
+"""
 
 from __future__ import annotations
 

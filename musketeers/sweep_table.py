@@ -1,7 +1,10 @@
 """The live table of a `musketeers sweep`: each run's state (queued / running on which node, attempt /
 finished / failed / skipped), step, last reward and accuracy and time, read from the run's own files (its attempt
 record, logs/<run>.attempts.jsonl, and its metrics.jsonl), so it shows what the runs did wherever Ray
-placed them."""
+placed them.
+
+It may import rundir and sweep_plan; sweep.py imports it.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ callback that logs what the trainer logs (train/*, eval/*) and also records the 
 
 Several are comma-separated (tensorboard,wandb). Which names are valid is checked with the config
 (musketeers.config.REPORT_TO).
+
+It may import config and rundir; train.py adds its callbacks.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The training recipe: a RunConfig becomes a run directory with metrics, logs and checkpoints
 (what it holds and how it is named: musketeers/rundir.py).
+
+It may import everything below it in musketeers/layers.py (the trainer, conditioning, the policy loader,
+generation's HeldOut, tracking, curves); sweep and the CLI call train().
 """
 
 from __future__ import annotations

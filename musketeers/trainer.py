@@ -19,13 +19,16 @@ objective with the KL term). We override only what the context tokens touch:
   5. create_optimizer                 the adapter is its own parameter group with router_lr
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints, and a
                                       manifest written last seals each one (musketeers.interruptions)
-  7. evaluate                         training.eval_every: greedy held-out accuracy (musketeers.evaluate's
+  7. evaluate                         training.eval_every: greedy held-out accuracy (musketeers.generation's
                                       path), not TRL's sampled evaluation
 
 With method "single" the passes are TRL's but faster (2, 3): the other overrides fall through.
 training.no_context_reward_every (Figure 5) also samples the trained policy (LoRA on) from the prompt
 alone, pi_theta(y | x), whatever training.reference_context gives the KL reference.
 Everything the trainer keeps beyond TRL's own state is one `RoundState` (self.round_state).
+
+It may import conditioning, context, interruptions, methods, rundir and generation (a type only);
+train.py builds it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ for prompts that end with "<think>") prepends "<think>" before the check.
 
 The text checked is the assistant's reply: task.assistant_prefill + the completion (rewards/functions.py
 format_reward). A prefill of "<think>" therefore does what preappend_thinking_token does, and the two
-together would check "<think><think>..." (musketeers/config.py refuses that); a prefill of "<answer>"
+together would check "<think><think>..." (musketeers/config_checks.py refuses that); a prefill of "<answer>"
 makes the format impossible (the reply must open with <think>).
 """
 
