@@ -106,7 +106,8 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
 def load_run(run_dir: Path) -> Run:
     cfg = read_config(run_dir)
     split = default_split(cfg)
-    settings = {k: json.dumps(v, sort_keys=True) for k, v in flat_keys(identity_fields(cfg.to_dict())).items() if k != "seed"}
+    settings = {k: json.dumps(v, sort_keys=True)  # the group's key: every setting but the seed, as text
+                for k, v in flat_keys(identity_fields(cfg.to_dict())).items() if k != "seed"}
     return Run(run_dir, cfg, read_metrics(run_dir), read_eval_result(read_eval(run_dir, split)),
                read_eval_result(read_eval(run_dir, split, baseline=True)), settings)
 

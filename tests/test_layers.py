@@ -92,9 +92,11 @@ def test_the_check_reads_every_form_of_import():
 def test_every_module_of_musketeers_is_in_exactly_one_layer():
     declared = [name for layer in LAYERS for name in layer]
     assert len(declared) == len(set(declared)), "a module is listed in two layers of musketeers/layers.py"
-    present = {"__init__" if n == "musketeers" else n.removeprefix("musketeers.") for n in MODULES if n.split(".")[0] == "musketeers"}
-    assert not present - set(declared), f"declare these modules' layer in musketeers/layers.py: {sorted(present - set(declared))}"
-    assert not set(declared) - present, f"musketeers/layers.py lists modules that do not exist: {sorted(set(declared) - present)}"
+    present = {"__init__" if n == "musketeers" else n.removeprefix("musketeers.")
+               for n in MODULES if n.split(".")[0] == "musketeers"}
+    missing, unknown = sorted(present - set(declared)), sorted(set(declared) - present)
+    assert not missing, f"declare these modules' layer in musketeers/layers.py: {missing}"
+    assert not unknown, f"musketeers/layers.py lists modules that do not exist: {unknown}"
 
 
 def test_imports_go_only_down_the_layers():
