@@ -16,7 +16,7 @@ source dataset:
             then, as Reasoning Gym's evaluation counts it
   score     the mean score, partial credit included (a few Reasoning Gym datasets give some)
 Eval files written before these two names held `accuracy` (then the mean score) and `solved` (the
-full-score share); `read_eval_result` reads them as score and accuracy.
+full-score share); `musketeers.rundir.read_eval_result` reads them as score and accuracy.
 
 --samples k [--temperature T] [--top-p P]: Reasoning Gym's own evaluation
 (training/evaluations/evaluate_model.py: 3 samples per item, T 0.6, top-p 0.9, the defaults here;
