@@ -8,7 +8,7 @@ Positions, for a left-padded prompt row [pads][x_0 x_1 ... x_k] (x: the template
   prefix       [pads][C][x_0 ... x_k]        the paper's section 4.1 ("prefix-style conditioning")
   suffix       [pads][x_0 ... x_k][C]        eq. 3 written literally, pi(y | [x || C])
 Real models keep an attention sink on their first token: a (near-)zero vector in its place breaks it
-(SmolLM2-135M: KL 0.2-0.5 between C ~ 1e-4 and C = 0 there, 5e-6 one token later; README table).
+(SmolLM2-135M: KL 0.2-0.5 between C ~ 1e-4 and C = 0 there, 5e-6 one token later; docs/step0.md).
 So the default keeps x_0 first and lets the near-zero C of step 0 be almost invisible.
 
 Reference (the KL term's pi_ref is the frozen initial policy, LoRA disabled):

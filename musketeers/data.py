@@ -79,10 +79,22 @@ def _gsm8k_rows(task: TaskConfig, split: str) -> list[dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             records = [json.loads(line) for line in f if line.strip()]
     else:
-        from datasets import load_dataset
-
-        records = list(load_dataset(GSM8K_HUB_ID, "main", split=split))
+        records = _gsm8k_hub_rows(split)
     return [{"question": r["question"], "answer": r["answer"], "task": "gsm8k", "entry": ""} for r in records]
+
+
+def _gsm8k_hub_rows(split: str) -> list[dict[str, Any]]:
+    """GSM8K from the Hugging Face hub. Without the hub (offline, HF_DATASETS_OFFLINE, no such dataset)
+    datasets raises ConnectionError or another OSError after its retries: one line naming task.path."""
+    from datasets import load_dataset
+
+    try:
+        return list(load_dataset(GSM8K_HUB_ID, "main", split=split))
+    except OSError as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"task.path: GSM8K is not local and {GSM8K_HUB_ID} cannot be loaded from the hub ({reason}); "
+                          f"set task.path=DIR, a directory with train.jsonl and test.jsonl "
+                          f"(a checkout carries one: task.path=data/gsm8k)") from e
 
 
 # ----------------------------------------------------------------------------- splits

@@ -1,6 +1,6 @@
 """Runs that stop before their last step: preemption and a full disk. Each stop leaves the last complete
 checkpoint intact, says what happened in one line, and exits with a status that tells a scheduler what to
-do next. (What survives which fault, and the test that shows it: the README, "What survives what".)
+do next. (What survives which fault, and the test that shows it: docs/faults.md, "What survives what".)
 
 Preemption. A scheduler preempts a job with SIGTERM and, after a grace period, SIGKILL (SLURM's
 GraceTime, Kubernetes' terminationGracePeriodSeconds); Ctrl-C sends SIGINT. On the first of either,

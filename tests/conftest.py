@@ -15,11 +15,11 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-GSM8K_DIR = REPO.parent / "shared" / "data" / "gsm8k"
+GSM8K_DIR = REPO / "data" / "gsm8k"  # carried in the repository (data/gsm8k/README.md)
 
 
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
     if not (GSM8K_DIR / "test.jsonl").exists():
-        pytest.fail(f"GSM8K data not found at {GSM8K_DIR} (expected ../shared/data/gsm8k beside the checkout)")
+        pytest.fail(f"GSM8K data not found at {GSM8K_DIR} (the repository carries it: data/gsm8k/README.md)")
     return GSM8K_DIR

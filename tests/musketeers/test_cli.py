@@ -70,6 +70,18 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert code == 2 and out == "" and err.strip() == message
 
 
+def test_data_check_gsm8k_offline_is_one_line_naming_task_path(capsys, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):  # what load_dataset raises without the hub, without touching the network
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    code, out, err = run(capsys, "data", "check", "gsm8k")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("musketeers: error: task.path: ") and "task.path=DIR" in err
+
+
 def test_stray_arguments_are_rejected(capsys):
     code, _, err = run(capsys, "config", "show", "logic", "--frobnicate")
     assert code == 2 and "unrecognized arguments: --frobnicate" in err

@@ -65,6 +65,25 @@ def test_gsm8k_local_path(gsm8k_dir):
     assert report["shared_questions"] == 0 and report["test"] == 1319
 
 
+def hub_unreachable(monkeypatch):
+    """datasets.load_dataset as it fails without the hub (the message of datasets 4 offline); no network."""
+    import datasets
+
+    def load_dataset(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+
+
+def test_gsm8k_without_a_path_or_the_hub_fails_in_one_line_naming_task_path(monkeypatch):
+    hub_unreachable(monkeypatch)
+    with pytest.raises(ConfigError) as info:
+        load_split(load_run_config("gsm8k").task, "test")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("task.path: ")
+    assert "openai/gsm8k" in message and "LocalEntryNotFoundError" in message and "task.path=data/gsm8k" in message
+
+
 def test_bad_splits_and_paths(tmp_path):
     with pytest.raises(ConfigError, match="task 'arithmetic' has no test split"):
         load_split(small_task("arithmetic"), "test")

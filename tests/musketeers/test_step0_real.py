@@ -1,6 +1,6 @@
 """Step 0 on a real packaged model (SmolLM2-135M-Instruct): the policy with the adapter's initial,
 near-zero C starts at its KL reference. Tiny random models do not show what real ones do here: a
-(near-)zero vector in place of the first token breaks the model's attention sink (README "Step 0")."""
+(near-)zero vector in place of the first token breaks the model's attention sink (docs/step0.md)."""
 from pathlib import Path
 
 import pytest

@@ -33,7 +33,6 @@ from rewards import (
 from rewards.answer_guard import is_safe_answer
 
 REPO = Path(__file__).resolve().parents[2]
-GSM8K_DIR = REPO.parent / "shared/data/gsm8k"
 FAMILIES = ("arithmetic", "algorithmic", "logic")
 ITEMS_PER_DATASET = {"zebra_puzzles": 2, "intermediate_integration": 3}  # slow generators
 
@@ -200,8 +199,8 @@ def test_gold_number_takes_text_after_hashes_or_a_bare_number():
     assert gold_number("no number here") is None
 
 
-def test_every_gsm8k_test_gold_scores_one():
-    lines = (GSM8K_DIR / "test.jsonl").read_text().splitlines()
+def test_every_gsm8k_test_gold_scores_one(gsm8k_dir):
+    lines = (gsm8k_dir / "test.jsonl").read_text().splitlines()
     assert len(lines) == 1319
     for line in lines:
         solution = json.loads(line)["answer"]
