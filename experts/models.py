@@ -8,6 +8,7 @@ Reference strings:
     into ``cache_dir()/models/<name>``
   - ``random:<arch>[:key=value,...]``: a randomly initialised, TINY-by-default model of a transformers
     model_type; options override config attributes, plus ``tokenizer=gpt2|bytes|chars`` and ``seed=N``
+  - ``oracle:answer`` / ``oracle:shuffled``: team experts only, no model (experts/oracle.py)
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .oracle import ENCODING_VERSION as ORACLE_ENCODING, ORACLE_SCHEME, oracle_kind
 from .embedded import (  # noqa: F401  (re-exported public API)
     EMBEDDED_MODELS,
     EmbeddedModel,
@@ -46,14 +48,15 @@ __all__ = [
 RANDOM_ARCHS = ("gemma", "gemma2", "gemma3_text", "gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3")
 ARCH_ALIASES = {"gemma3": "gemma3_text"}
 SPECIAL_OPTIONS = ("seed", "tokenizer")
-_USAGE = "expected a hub id, a local path, 'embedded:<name>' or 'random:<arch>[:key=value,...]'"
+_USAGE = ("expected a hub id, a local path, 'embedded:<name>', 'random:<arch>[:key=value,...]' "
+          "or (team experts only) 'oracle:answer' / 'oracle:shuffled'")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    kind: str  # "hub" | "path" | "embedded" | "random"
+    kind: str  # "hub" | "path" | "embedded" | "random" | "oracle"
     name: str  # hub id / absolute path / embedded name / canonical arch
     options: dict = field(default_factory=dict, hash=False)  # random: parsed options, else {}
     raw: str = ""
@@ -153,6 +156,8 @@ def parse_model_ref(ref: str) -> ModelRef:
     if not isinstance(ref, str) or not ref.strip():
         raise ModelRefError(f"invalid model reference {ref!r}: empty; {_USAGE}")
     ref = ref.strip()
+    if ref.startswith(ORACLE_SCHEME):
+        return ModelRef("oracle", oracle_kind(ref), {}, ref)  # oracle_kind raises on an unknown kind
     if ref.startswith("embedded:"):
         name = ref[len("embedded:"):]
         embedded_spec(name)  # raises with a did-you-mean
@@ -167,7 +172,7 @@ def parse_model_ref(ref: str) -> ModelRef:
     scheme, colon, _ = ref.partition(":")
     if colon and "/" not in scheme:
         raise ModelRefError(f"unknown reference scheme {scheme + ':'!r} in {ref!r}"
-                            f"{did_you_mean(scheme, ['embedded', 'random'])}; {_USAGE}")
+                            f"{did_you_mean(scheme, ['embedded', 'random', 'oracle'])}; {_USAGE}")
     if not _HUB_ID.match(ref) or ".." in ref or "--" in ref:
         raise ModelRefError(
             f"invalid model reference {ref!r}: not a hub id ('org/name') nor an existing path; {_USAGE}")
@@ -212,6 +217,8 @@ def _random_canonical(parsed: ModelRef) -> str:
 def model_identity(ref: str) -> str:
     """A stable string identifying the weights a reference loads (for on-disk caches)."""
     parsed = parse_model_ref(ref)
+    if parsed.kind == "oracle":
+        return f"oracle:{parsed.name}@encoding{ORACLE_ENCODING}"
     if parsed.kind == "random":
         import transformers
 
@@ -280,7 +287,7 @@ def _load_tokenizer(parsed: ModelRef, trust_remote_code: bool):
 
 def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
     """The tokenizer of a reference (pad and eos tokens always set)."""
-    return _load_tokenizer(parse_model_ref(ref), trust_remote_code)
+    return _load_tokenizer(_loadable(ref), trust_remote_code)
 
 
 # --------------------------------------------------------------------------- models
@@ -366,6 +373,13 @@ def _from_pretrained_model(ref: str, source: str, causal_lm: bool, dtype, device
         raise ModelLoadError(f"cannot load model {ref!r}: {one_line(exc)}") from exc
 
 
+def _loadable(ref: str) -> ModelRef:
+    parsed = parse_model_ref(ref)
+    if parsed.kind == "oracle":
+        raise ModelLoadError(f"{ref!r} is an oracle expert: it loads no model and serves only in a team (experts/oracle.py)")
+    return parsed
+
+
 def load_model(ref: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
                trust_remote_code: bool = False, causal_lm: bool = True):
     """(model in eval mode, tokenizer) for a reference.
@@ -373,7 +387,7 @@ def load_model(ref: str, *, dtype: str | torch.dtype = "float32", device: str = 
     dtype: float32 | bfloat16 | float16 | auto (the checkpoint's dtype; float32 for random/embedded)
     device: cpu | cuda | cuda:N | auto. causal_lm=False returns the base model (AutoModel); an
     encoder (embedded:minilm-l6-v2) is always returned as its base model."""
-    parsed = parse_model_ref(ref)
+    parsed = _loadable(ref)
     torch_dtype = _resolve_dtype(dtype)
     dev = _resolve_device(ref, device)
     tok = _load_tokenizer(parsed, trust_remote_code)

@@ -29,6 +29,7 @@ import torch
 from experts.cache import DiskCache, StateCache, fingerprint, prompt_key
 from experts.config import DEFAULT_TEMPLATE_DATE, ExpertConfig, TeamConfig
 from experts.models import load_tokenizer, model_identity, needs_conversion, one_line
+from experts.oracle import AnswerTable, OracleWorker, oracle_kind
 from experts.pooling import uses_seed
 from experts.prompt import ExpertInput
 from experts.worker import ExpertLoadError, ExpertWorker
@@ -88,13 +89,14 @@ def init_ray(num_cpus: float, env_vars: dict[str, str] | None = None) -> bool:
 class ExpertPool:
     """A team's experts: pooled hidden states (cached), hard-routed single experts, text hints.
     Every expert reads `system_prompt` (the task's system prompt text; None: none) before a question,
-    and templates that write a date read team.template_date."""
+    and templates that write a date read team.template_date. Oracle experts (experts/oracle.py) run in
+    this process whatever the backend, answering from `answers`, the task's AnswerTable."""
 
     def __init__(self, team: TeamConfig, system_prompt: str | None, seed: int = 0, backend: str | None = None,
-                 wait: bool = True):
+                 wait: bool = True, answers: AnswerTable | None = None):
         """wait=False: Ray experts go on loading in their actors after this returns (the caller can load
         its policy meanwhile); the first call that needs them, or ready(), waits."""
-        self.team, self.system_prompt, self.seed = team, system_prompt, seed
+        self.team, self.system_prompt, self.seed, self.answers = team, system_prompt, seed, answers
         self.backend = backend or team.backend
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown expert backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
@@ -129,6 +131,12 @@ class ExpertPool:
         ready is an INFO line on this module's logger (`musketeers train` prints them)."""
         if not indices:
             return
+        for i in [i for i in indices if oracle_kind(self.team.experts[i].model)]:  # no model: in this process
+            self.workers[i] = OracleWorker(self.team.experts[i], self.answers)
+            self._ready(i, self.workers[i].info())
+        indices = [i for i in indices if self.workers[i] is None]
+        if not indices:
+            return
         experts, pooling = [self.team.experts[i] for i in indices], self.team.pooling
         if self.backend == "local":
             for i, e in zip(indices, experts):
@@ -138,7 +146,7 @@ class ExpertPool:
         import ray
 
         if not ray.is_initialized():
-            self._owns_ray = init_ray(sum(e.num_cpus for e in self.team.experts))
+            self._owns_ray = init_ray(sum(e.num_cpus for e in self.team.experts if not oracle_kind(e.model)))
         self._check_resources(experts)
         log.info("starting %d expert(s) in Ray actors: %s", len(experts), ", ".join(e.name for e in experts))
         actor = ray.remote(RayExpertWorker)
@@ -219,6 +227,8 @@ class ExpertPool:
         seed = self.seed if uses_seed(self.team.pooling) else None
         fields = {"model": model_identity(expert.model), "name": expert.name, "dtype": expert.dtype,
                   "pooling": self.team.pooling, "seed": seed}
+        if oracle_kind(expert.model):  # the answers it serves: a shuffled oracle's change with the task's items
+            fields["answers"] = self.answers.fingerprint if self.answers is not None else None
         safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in expert.name)
         directory = Path(self.team.cache_dir).expanduser() / f"{safe_name}-{fingerprint(fields)}"
         return DiskCache(directory, {k: str(v) for k, v in fields.items()})
@@ -257,16 +267,19 @@ class ExpertPool:
             self._start([index])
         self.ready()
         worker = self.workers[index]
-        if self.backend == "ray":
-            return getattr(worker, method).remote(*args)
-        return getattr(worker, method)(*args)
+        if isinstance(worker, (ExpertWorker, OracleWorker)):  # in this process: the result itself
+            return getattr(worker, method)(*args)
+        return getattr(worker, method).remote(*args)
 
     def _wait(self, pending: list) -> list:
-        if self.backend == "ray" and pending:
-            import ray
+        """Results of _call's: Ray object refs fetched together, in-process results as they are."""
+        if self.backend != "ray" or not pending:
+            return pending
+        import ray
 
-            return ray.get(pending)
-        return pending
+        refs = [k for k, p in enumerate(pending) if isinstance(p, ray.ObjectRef)]
+        fetched = dict(zip(refs, ray.get([pending[k] for k in refs])))
+        return [fetched.get(k, p) for k, p in enumerate(pending)]
 
     # ------------------------------------------------------------------ API
 
@@ -296,7 +309,10 @@ class ExpertPool:
         """What expert `index` reads (its tokenizer, loaded once in this process; a local expert's own)."""
         if self._inputs[index] is None:
             worker = self.workers[index]
-            if isinstance(worker, ExpertWorker):
+            if worker is None and oracle_kind(self.team.experts[index].model):  # its states were on disk
+                self._start([index])
+                worker = self.workers[index]
+            if isinstance(worker, (ExpertWorker, OracleWorker)):
                 self._inputs[index] = worker.input
             else:
                 e = self.team.experts[index]

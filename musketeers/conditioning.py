@@ -114,7 +114,15 @@ def start_experts(cfg: RunConfig):
     from experts.pool import ExpertPool
     from musketeers.data import system_prompt
 
-    return ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed, wait=False)
+    return ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed, wait=False, answers=oracle_answers(cfg))
+
+
+def oracle_answers(cfg: RunConfig):
+    """The task's answer table when the team has an oracle expert (experts/oracle.py), else None."""
+    from experts.oracle import oracle_kind
+    from musketeers.data import answer_table
+
+    return answer_table(cfg.task) if any(oracle_kind(e.model) for e in cfg.team.experts) else None
 
 
 def build_conditioner(cfg: RunConfig, policy_dim: int, tokenizer, device: str | torch.device = "cpu",
@@ -147,7 +155,7 @@ def precompute_states(cfg: RunConfig, batch_size: int = 64, progress: bool = Tru
 
     if not cfg.team.cache_dir:
         raise ConfigError("team.cache_dir: experts precompute fills the team's disk cache; set team.cache_dir=DIR")
-    with ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed) as pool:
+    with ExpertPool(cfg.team, system_prompt(cfg.task), seed=cfg.seed, answers=oracle_answers(cfg)) as pool:
         for split in ("train", default_split(cfg)):
             rows = load_split(cfg.task, split)
             with tqdm(total=len(rows), desc=f"expert states, {split}", unit="prompt", disable=not progress) as bar:

@@ -259,6 +259,8 @@ def _validate_models(cfg: RunConfig, fail: typing.Callable[[str, str], typing.No
         refs.append(("adapter.router_encoder", cfg.adapter.router_encoder))
     for key, ref in refs:
         try:
-            parse_model_ref(ref)
+            parsed = parse_model_ref(ref)
         except ValueError as e:
             fail(key, str(e))
+        if parsed.kind == "oracle" and not key.startswith("team."):
+            fail(key, f"{ref!r} is an oracle expert: it serves states in a team and is no model to load")

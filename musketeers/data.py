@@ -130,6 +130,17 @@ def load_split(task: TaskConfig, split: str) -> Sequence[dict[str, Any]]:
     return materialised(task, split)
 
 
+def answer_table(task: TaskConfig):
+    """The gold answers an oracle expert serves (experts/oracle.py): every question of the training split,
+    then of the held-out split, each with the answer a perfect completion writes."""
+    from experts.oracle import AnswerTable
+    from rewards.functions import gold_answer_text
+
+    held_out = "test" if task.source == "gsm8k" else "validation"
+    return AnswerTable([[(row["question"], gold_answer_text(row)) for row in load_split(task, split)]
+                        for split in ("train", held_out)])
+
+
 def disjointness_report(task: TaskConfig) -> dict[str, Any]:
     """Load both splits in full (generated into the cache first if needed) and count the questions they
     share (must be zero)."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from experts.config import POOLINGS
+from experts.oracle import ORACLE_SCHEME
 from musketeers.config import RunConfig, flat_keys
 from musketeers.data import default_split
 from musketeers.errors import MusketeersError
@@ -143,13 +144,20 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for (task, method, team), members in families.items():
         keys = sorted({k for m in members for k in m[0].settings}) if len(members) > 1 else []
         differing = [k for k in keys if len({m[0].settings.get(k) for m in members}) > 1]
-        label = METHOD_TRAITS[method].label + (f" ({team})" if METHOD_TRAITS[method].experts else "")
+        label = METHOD_TRAITS[method].label + (f" ({team}{oracle_note(members[0][0])})" if METHOD_TRAITS[method].experts else "")
         for m in members:
             values = {k: json.loads(m[0].settings.get(k, "null")) for k in differing}
             extra = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
             groups.append(Group(task, f"{label}, {extra}" if extra else label, method, sorted(m, key=lambda r: r.cfg.seed),
                                 (label, *(setting_rank(k, v) for k, v in values.items()))))
     return sorted(groups, key=lambda g: (method_rank(g.method), g.order, task_rank(g.task)))
+
+
+def oracle_note(run: Run) -> str:
+    """", diagnostic: oracle:answer" when the run's team has an oracle expert (experts/oracle.py): its
+    numbers measure the path from expert states to reward, not a team of models."""
+    oracles = [e.model for e in run.cfg.team.experts if e.model.startswith(ORACLE_SCHEME)]
+    return f", diagnostic: {', '.join(oracles)}" if oracles else ""
 
 
 def setting_rank(key: str, value: Any) -> tuple:
