@@ -28,6 +28,7 @@ from torch import Tensor
 # entries even with saturated C': 4 * sqrt(512) * 1e-6 ~ 1e-4, far below 1e-3 x an embedding row
 # norm (~0.5-1 for real policies). Adam (eps 1e-6) grows W_out within a few steps.
 OUT_INIT_STD = 1e-6
+SATURATED = 3.0  # |pre-activation| beyond which tanh' = 1 - tanh^2 < 0.01
 
 
 @dataclass
@@ -36,6 +37,7 @@ class AdapterOutput:
     attention: Tensor | None = None      # [B, m, n] routing weights A (perceiver only)
     selection: Tensor | None = None      # [B, n] straight-through one-hot (hard routing only)
     router_logits: Tensor | None = None  # [B, n] expert logits (hard routing only)
+    saturation: Tensor | None = None     # [] share of saturated FFN inner units (module docstring)
 
 
 def count_trainable(module: nn.Module) -> int:
@@ -46,6 +48,8 @@ def count_trainable(module: nn.Module) -> int:
 class FFN(nn.Module):
     """FFN(x) = tanh(W_2 tanh(W_1 x)), W_1: d -> d/2, W_2: d/2 -> d (no biases, as written)."""
 
+    saturation: Tensor | None = None  # of the last forward, a 0-dim tensor (no device sync here)
+
     def __init__(self, dim: int):
         super().__init__()
         if dim % 2:
@@ -54,14 +58,20 @@ class FFN(nn.Module):
         self.w2 = nn.Linear(dim // 2, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.w2(torch.tanh(self.w1(x))))
+        inner = self.w1(x)
+        self.saturation = (inner.detach().abs() > SATURATED).float().mean() if inner.numel() else None
+        return torch.tanh(self.w2(torch.tanh(inner)))
 
 
 class _Adapter(nn.Module):
     """Shared pieces: per-expert projections W_i, input checks, near-zero output projection."""
 
-    def __init__(self, expert_dims: list[int], out_dim: int, latent_dim: int, out_init_std: float):
+    def __init__(self, expert_dims: list[int], out_dim: int, latent_dim: int, out_init_std: float,
+                 state_norm: str = "none"):
         super().__init__()
+        if state_norm not in ("none", "layernorm"):
+            raise ValueError(f"state_norm {state_norm!r} is not one of none, layernorm")
+        self.state_norm = state_norm
         if not expert_dims:
             raise ValueError("expert_dims is empty: an adapter needs at least one expert")
         self.expert_dims = [int(d) for d in expert_dims]
@@ -86,7 +96,8 @@ class _Adapter(nn.Module):
         if rows is not None and h.shape[0] != rows:
             raise ValueError(f"expert {i}: expected {rows} rows, got {h.shape[0]}")
         w = self.out_proj.weight
-        return h.to(device=w.device, dtype=w.dtype)
+        h = h.to(device=w.device, dtype=w.dtype)
+        return F.layer_norm(h, h.shape[-1:]) if self.state_norm == "layernorm" else h
 
     def _project_all(self, states: list[Tensor]) -> Tensor:
         """V = stack(z_1..z_n) -> [B, n, d]."""
@@ -101,8 +112,8 @@ class PerceiverAdapter(_Adapter):
     """m trainable latent queries cross-attend over the n projected expert states (eqs. 6-11, 16)."""
 
     def __init__(self, expert_dims: list[int], out_dim: int, latent_dim: int = 512, num_queries: int = 8,
-                 num_heads: int = 8, out_init_std: float = OUT_INIT_STD):
-        super().__init__(expert_dims, out_dim, latent_dim, out_init_std)
+                 num_heads: int = 8, out_init_std: float = OUT_INIT_STD, state_norm: str = "none"):
+        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm)
         if latent_dim % num_heads:
             raise ValueError(f"latent_dim {latent_dim} is not divisible by num_heads {num_heads}")
         self.num_queries, self.num_heads = int(num_queries), int(num_heads)
@@ -126,19 +137,21 @@ class PerceiverAdapter(_Adapter):
         attn_out = (probs @ vv).transpose(1, 2).reshape(B, -1, d)               # [B, m, d]
         c_prime = self.ffn(self.latents + attn_out)          # C' = FFN(Q_lat + attn)
         context = self.out_proj(c_prime)                     # C = C' W_out + b_out (eq. 16)
-        return AdapterOutput(context=context, attention=probs.mean(dim=1))  # A: mean over heads
+        return AdapterOutput(context=context, attention=probs.mean(dim=1),  # A: mean over heads
+                             saturation=self.ffn.saturation)
 
 
 class FFNAdapter(_Adapter):
     """Without cross-attention (eq. 14): C = FFN(V) W_out + b_out, one context token per expert."""
 
     def __init__(self, expert_dims: list[int], out_dim: int, latent_dim: int = 512,
-                 out_init_std: float = OUT_INIT_STD):
-        super().__init__(expert_dims, out_dim, latent_dim, out_init_std)
+                 out_init_std: float = OUT_INIT_STD, state_norm: str = "none"):
+        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm)
 
     def forward(self, states: list[Tensor]) -> AdapterOutput:
         """states: one [B, d_i] tensor per expert -> context [B, n, out_dim]."""
-        return AdapterOutput(context=self.out_proj(self.ffn(self._project_all(states))))
+        context = self.out_proj(self.ffn(self._project_all(states)))
+        return AdapterOutput(context=context, saturation=self.ffn.saturation)
 
 
 class HardRouter(_Adapter):
@@ -153,8 +166,8 @@ class HardRouter(_Adapter):
     """
 
     def __init__(self, encoder_dim: int, expert_dims: list[int], out_dim: int, latent_dim: int = 512,
-                 gumbel_temperature: float = 1.0, out_init_std: float = OUT_INIT_STD):
-        super().__init__(expert_dims, out_dim, latent_dim, out_init_std)
+                 gumbel_temperature: float = 1.0, out_init_std: float = OUT_INIT_STD, state_norm: str = "none"):
+        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm)
         self.encoder_dim, self.gumbel_temperature = int(encoder_dim), float(gumbel_temperature)
         self.router = nn.Linear(encoder_dim, self.num_experts)
 
@@ -209,4 +222,5 @@ class HardRouter(_Adapter):
         token = self.out_proj(self.ffn(z))                   # FFN(h_i W_i) W_out + b_out: [B, out]
         weight = (one_hot.to(device=w.device, dtype=w.dtype) * one_hot.detach().to(w.device)).sum(-1, keepdim=True)
         context = (token * weight).unsqueeze(1)              # x 1.0 in value, routes grads to the router
-        return AdapterOutput(context=context, selection=one_hot, router_logits=router_logits)
+        return AdapterOutput(context=context, selection=one_hot, router_logits=router_logits,
+                             saturation=self.ffn.saturation)

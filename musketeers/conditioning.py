@@ -95,6 +95,10 @@ class Conditioner:
         return self.method.adapter_output(self.adapter, stored, training).context
 
     def _routing_metrics(self, out) -> dict[str, float]:
+        saturation = {} if out.saturation is None else {"adapter/saturation": float(out.saturation)}
+        return {**saturation, **self._routing(out)}
+
+    def _routing(self, out) -> dict[str, float]:
         if out.attention is not None:  # eq. 15
             metrics = {"routing/entropy": routing_entropy(out.attention)}
             u = utilisation(out.attention)

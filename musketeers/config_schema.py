@@ -17,6 +17,7 @@ from musketeers.errors import MusketeersError
 from musketeers.method_traits import METHOD_TRAITS  # the methods' names and needs (a leaf)
 
 CONTEXT_POSITIONS = ("after_first", "prefix", "suffix")  # where C sits in the prompt: musketeers/context.py
+STATE_NORMS = ("none", "layernorm")  # adapter.state_norm: musketeers/adapters.py (none: the paper's equations)
 REFERENCE_CONTEXTS = ("zeros", "none")  # what the KL reference sees where C sits: musketeers/context.py
 REPORT_TO = ("tensorboard", "wandb", "none")  # experiment trackers: musketeers/tracking.py
 
@@ -95,6 +96,7 @@ class AdapterConfig:
     gumbel_temperature: float = 1.0
     hint_max_tokens: int = 128
     context_position: Literal[CONTEXT_POSITIONS] = "after_first"
+    state_norm: Literal[STATE_NORMS] = "none"
 
 
 @dataclass

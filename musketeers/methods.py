@@ -182,7 +182,8 @@ class Perceiver(Method):
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import PerceiverAdapter
 
-        return PerceiverAdapter(expert_dims, out_dim, cfg.latent_dim, cfg.num_queries, cfg.num_heads)
+        return PerceiverAdapter(expert_dims, out_dim, cfg.latent_dim, cfg.num_queries, cfg.num_heads,
+                                state_norm=cfg.state_norm)
 
     def prepare(self, conditioner, questions, training):
         device = conditioner.device
@@ -200,7 +201,7 @@ class FFN(Perceiver):
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import FFNAdapter
 
-        return FFNAdapter(expert_dims, out_dim, cfg.latent_dim)
+        return FFNAdapter(expert_dims, out_dim, cfg.latent_dim, state_norm=cfg.state_norm)
 
 
 class HardRouting(Method):
@@ -222,7 +223,8 @@ class HardRouting(Method):
 
         if encoder_dim is None:
             raise ValueError("hard_routing needs encoder_dim (the sentence encoder's embedding size)")
-        return HardRouter(encoder_dim, expert_dims, out_dim, cfg.latent_dim, cfg.gumbel_temperature)
+        return HardRouter(encoder_dim, expert_dims, out_dim, cfg.latent_dim, cfg.gumbel_temperature,
+                          state_norm=cfg.state_norm)
 
     def prepare(self, conditioner, questions, training):
         import torch

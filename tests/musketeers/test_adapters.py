@@ -258,3 +258,33 @@ def test_parameter_count_paper_team_by_hand():
     # 8192*512 (W_i) + 8*512 (Q_lat) + 3*512^2 (W_Q, W_K, W_V) + 2*512*256 (FFN) + 512*2048 + 2048
     adapter = build_adapter("perceiver", [1536, 3584, 3072], 2048, latent_dim=512, num_queries=8, num_heads=8)
     assert count_trainable(adapter) == 6_297_600
+
+
+def test_state_norm_layernorm_makes_each_state_scale_free():
+    """adapter.state_norm=layernorm (off by default): z_i = LN(h_i) W_i, so a state's scale and offset
+    do not change C; without it they do (the paper's equations)."""
+    states = make_states()
+    shifted = [s * 40.0 + 7.0 for s in states]
+    normed = perceiver(state_norm="layernorm", out_init_std=1.0)
+    assert torch.allclose(normed(states).context, normed(shifted).context, atol=1e-4)
+    plain = perceiver(out_init_std=1.0)
+    assert plain.state_norm == "none" and not torch.allclose(plain(states).context, plain(shifted).context, atol=1e-2)
+    assert float(plain(shifted).saturation) > 0.5  # large raw states saturate the FFN from the start
+    cfg = load_run_config(TASK, ["adapter.state_norm=layernorm"])
+    assert METHODS["perceiver"].build_adapter(DIMS, OUT, cfg.adapter).state_norm == "layernorm"
+    with pytest.raises(ConfigError, match="adapter.state_norm"):
+        load_run_config(TASK, ["adapter.state_norm=batchnorm"])
+
+
+def test_saturation_is_the_share_of_saturated_ffn_units():
+    """AdapterOutput.saturation: the share of |W_1 x| > 3, where tanh passes under 1% of a gradient."""
+    adapter = perceiver()
+    assert float(adapter(make_states()).saturation) == 0.0  # at initialisation: none
+    with torch.no_grad():
+        adapter.ffn.w1.weight.mul_(1e4)  # what a few too-large Adam steps do to W_1
+    out = adapter(make_states())
+    assert float(out.saturation) > 0.9
+    out.context.sum().backward()
+    assert adapter.expert_proj[0].weight.grad.abs().max() < 1e-3 * adapter.ffn.w2.weight.grad.abs().max()
+    for other in (ffn(), router()):
+        assert other.ffn.saturation is None
