@@ -14,6 +14,8 @@ shard that is damaged all the same (truncated, or zeroed by a crashed node) fail
 set aside (<name>.damaged) with a warning: its prompts are computed again. Many shards are merged at
 load time.
 Memory: prompts x d x 4 bytes per expert (16,000 prompts of a 3,584-wide expert: about 230 MB).
+
+It imports nothing of the project (a leaf of experts/).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """What a team file says about its experts: the typed sections the learner's config loader
-(musketeers/config.py) validates and composes into a run's config."""
+(musketeers/config.py) validates and composes into a run's config.
+
+It imports nothing of the project (a leaf of experts/).
+"""
 
 from __future__ import annotations
 

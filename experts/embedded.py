@@ -10,6 +10,8 @@ Cache layout (root = ``$MUSKETEERS_CACHE`` or ``~/.cache/musketeers``)::
     <root>/models/<name>/.musketeers-complete.json   written last, before the folder is renamed
     <root>/models/.<name>.lock            file lock (filelock) held by the converting process
     <root>/models/.tmp-<name>-*/          work dir of a conversion (stale ones are removed)
+
+Of the project it imports only experts.errors.
 """
 from __future__ import annotations
 

@@ -24,6 +24,8 @@ The encoding (ENCODING_VERSION 1, width WIDTH = 144), written for a linear map t
 `oracle:shuffled` maps the k-th question of a split to the answer of item perm[k] of the same split,
 perm a fixed derangement (seed 0): every state is some real answer's encoding, none its own item's
 (two items may share an answer by chance, as in any split).
+
+It imports nothing of the project (a leaf of experts/).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ not the run. Every (expert, prompt) is computed once per pool (cache.py), duplic
 included, so a GRPO batch of B prompts x G completions runs B forwards per expert. The pool turns
 questions into each expert's token ids itself (it loads each expert's tokenizer once: the ids are
 the cache key), and sends the ids of cache misses to the expert.
+
+Of the project it imports experts' cache, config, models, oracle, pooling, prompt and worker; like all of
+experts/, never musketeers (tests/test_imports.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Poolings (docs/method.md and the paper's Table 2 ablation):
 names the prompt by its cache key (the hash of the token ids it reads): the same prompt always gets
 the same token or layer, alone or in any batch, in any process. (Python's `hash()` is salted per
 process, so we use sha256.)
+
+Of the project it imports only experts.config.
 """
 
 from __future__ import annotations

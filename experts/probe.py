@@ -5,6 +5,8 @@ load time, and the median latency of encoding a batch of prompts (the task's sys
 the expert's own chat template), measured inside the expert's worker after a warm-up.
 `--show-input QUESTION` instead prints what each expert reads for one question (the rendered text
 and its token count, from the tokenizers alone: no model loads).
+
+Of the project it imports experts' config, models, pool and prompt.
 """
 
 from __future__ import annotations

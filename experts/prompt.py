@@ -13,6 +13,8 @@ assistant prefill after it. Real chat templates differ in two ways a plain rende
 - a template that writes today's date (Llama 3.x through `date_string`, else transformers'
   `strftime_now`; gpt-oss through `strftime_now`) reads one fixed date instead (team.template_date),
   so the same question reads the same on every day and a cache filled yesterday still matches.
+
+Of the project it imports only experts.config.
 """
 
 from __future__ import annotations

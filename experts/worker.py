@@ -8,6 +8,8 @@ the question, it does not answer it), as token ids cut from the left so the end 
 stays. The pool sends those ids (encode_ids: the ids its cache keys hash); the worker pads batches
 with the tokenizer's own padding. Padding is invisible to the result: the attention mask and explicit position ids (cumsum(mask) - 1) make a prompt's state
 the same alone or in a batch, padded on either side.
+
+Of the project it imports experts' cache, config, errors, models, pooling and prompt.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ output projection has the explicit b_out. The output projection starts near zero
 one (the policy starts as if it had no context) while every parameter still gets a gradient.
 
 A leaf: torch only, nothing of the project (methods.py builds these).
+
+Layer 0 of musketeers/layers.py: it imports nothing of the project.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ A is the head-averaged attention of the Perceiver adapter, [B, m, n] (or [m, n] 
 row j of A is latent query j's distribution over the n experts.
 
 A leaf: torch, numpy and scipy only.
+
+Layer 0 of musketeers/layers.py: it imports nothing of the project.
 """
 from __future__ import annotations
 

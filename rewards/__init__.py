@@ -1,5 +1,8 @@
 """Verifiable rewards: Reasoning Gym and GSM8K scores, and Reasoning Gym's secondary rewards (cosine,
-format, length), as TRL reward functions (rewards/functions.py: the recipe and how it is logged)."""
+format, length), as TRL reward functions (rewards/functions.py: the recipe and how it is logged).
+
+It re-exports the modules of rewards/, which import only each other: never experts or musketeers.
+"""
 
 from .format import format_score, has_think_answer_format
 from .functions import (

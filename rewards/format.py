@@ -13,6 +13,8 @@ The text checked is the assistant's reply: task.assistant_prefill + the completi
 format_reward). A prefill of "<think>" therefore does what preappend_thinking_token does, and the two
 together would check "<think><think>..." (musketeers/config_checks.py refuses that); a prefill of "<answer>"
 makes the format impossible (the reply must open with <think>).
+
+It imports nothing of the project (a leaf of rewards/).
 """
 
 import re

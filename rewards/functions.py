@@ -24,6 +24,8 @@ A completion is a string, or a conversation (list of {"role", "content"}) whose 
 the generated text. `prefill` (text the assistant turn was pre-filled with, e.g. "<answer>") is
 prepended to every completion before the score and the format are read (rewards/format.py: how it
 meets preappend_thinking_token); cosine and length count the completion's own characters.
+
+Of the project it imports rewards' format, gsm8k, length and reasoning_gym_reward.
 """
 
 import functools

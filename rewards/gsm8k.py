@@ -21,6 +21,8 @@ Both go through `normalize_number`, the one normalisation used for GSM8K:
      ("18.00" -> "18", "2.50" -> "2.5", ".5" -> "0.5", "007" -> "7", "-0" -> "0").
 Two numbers are equal when their canonical forms are equal, i.e. when they are equal as exact
 decimals (so ".5" == "0.5" == "0.50", and "10" != "100").
+
+It imports nothing of the project (a leaf of rewards/).
 """
 
 import re

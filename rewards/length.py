@@ -19,6 +19,8 @@ p = min(characters / max_output_length, 1):
 
     length = (max_score - score) * p   if score < max_score - 1e-6   (longer is rewarded when wrong)
            = -p                        otherwise                      (longer is penalised when right)
+
+It imports nothing of the project (a leaf of rewards/).
 """
 
 import math

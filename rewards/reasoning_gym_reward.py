@@ -7,6 +7,8 @@ of entry["metadata"]["source_dataset"] (one instance of that dataset class with 
 config, built once per name). Score functions are third-party code that can raise on odd
 answers: any exception scores 0. Results are clamped to [0, 1]; NaN scores 0. Some of them run
 the answer as Python code; answer_guard keeps that code harmless (an answer it rejects scores 0).
+
+Of the project it imports only rewards.answer_guard.
 """
 
 import functools
