@@ -48,8 +48,7 @@ __all__ = [
 RANDOM_ARCHS = ("gemma", "gemma2", "gemma3_text", "gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3")
 ARCH_ALIASES = {"gemma3": "gemma3_text"}
 SPECIAL_OPTIONS = ("seed", "tokenizer")
-_USAGE = ("expected a hub id, a local path, 'embedded:<name>', 'random:<arch>[:key=value,...]' "
-          "or (team experts only) 'oracle:answer' / 'oracle:shuffled'")
+_USAGE = "expected a hub id, a local path, 'embedded:<name>' or 'random:<arch>[:key=value,...]'"  # oracle:*: team experts only
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

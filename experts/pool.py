@@ -243,7 +243,7 @@ class ExpertPool:
 
             for actor in self.workers:
                 try:
-                    if actor is not None:
+                    if actor is not None and not isinstance(actor, (ExpertWorker, OracleWorker)):  # in-process: no actor
                         ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
@@ -281,6 +281,8 @@ class ExpertPool:
         import ray
 
         refs = [k for k, p in enumerate(pending) if isinstance(p, ray.ObjectRef)]
+        if not refs:  # in-process results only (oracles): ray.get([]) would start a Ray
+            return pending
         fetched = dict(zip(refs, ray.get([pending[k] for k in refs])))
         return [fetched.get(k, p) for k, p in enumerate(pending)]
 

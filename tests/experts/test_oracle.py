@@ -95,3 +95,13 @@ def test_a_run_on_an_oracle_team_reads_the_tasks_answers(tmp_path, monkeypatch):
     with start_experts(cfg) as pool:
         oracle, llama = pool.encode([r["question"] for r in rows])
     assert torch.equal(oracle, torch.stack([encode_answer(r["answer"]) for r in rows])) and llama.shape == (6, 48)
+
+
+def test_a_ray_pool_of_oracles_alone_starts_no_ray():
+    import ray
+
+    team = TeamConfig(name="t", backend="ray", experts=[ExpertConfig("oracle", "oracle:answer", num_cpus=0)])
+    with ExpertPool(team, None, answers=AnswerTable([PAIRS])) as pool:
+        pool.encode([PAIRS[0][0]])
+        pool.generate_hints([PAIRS[0][0]], 4)
+    assert not ray.is_initialized()
