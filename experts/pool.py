@@ -132,8 +132,6 @@ class ExpertPool:
     def _start(self, indices: list[int]) -> None:
         """Load these experts (all at once on Ray) and record what each is. Each start and each expert
         ready is an INFO line on this module's logger (`musketeers train` prints them)."""
-        if not indices:
-            return
         for i in [i for i in indices if oracle_kind(self.team.experts[i].model)]:  # no model: in this process
             self.workers[i] = OracleWorker(self.team.experts[i], self.answers)
             self._ready(i, self.workers[i].info())
