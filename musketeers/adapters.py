@@ -69,11 +69,13 @@ class _Adapter(nn.Module):
     """Shared pieces: per-expert projections W_i, input checks, near-zero output projection."""
 
     def __init__(self, expert_dims: list[int], out_dim: int, latent_dim: int, out_init_std: float,
-                 state_norm: str = "none"):
+                 state_norm: str = "none", init_scale: str = "torch"):
         super().__init__()
         if state_norm not in ("none", "layernorm"):
             raise ValueError(f"state_norm {state_norm!r} is not one of none, layernorm")
-        self.state_norm = state_norm
+        if init_scale not in ("torch", "unit"):
+            raise ValueError(f"init_scale {init_scale!r} is not one of torch, unit")
+        self.state_norm, self.init_scale = state_norm, init_scale
         if not expert_dims:
             raise ValueError("expert_dims is empty: an adapter needs at least one expert")
         self.expert_dims = [int(d) for d in expert_dims]
@@ -85,6 +87,19 @@ class _Adapter(nn.Module):
         self.out_proj = nn.Linear(latent_dim, out_dim)
         nn.init.normal_(self.out_proj.weight, std=out_init_std)
         nn.init.zeros_(self.out_proj.bias)
+
+    def _unit_scale(self) -> None:
+        """init_scale=unit: every bias-free map W (d_in -> d_out) ~ N(0, 1/d_in), so it keeps the RMS of
+        its input (torch's default, U(+-1/sqrt(d_in)), shrinks it by sqrt(3) a map: 9x over W_i, W_V,
+        W_1, W_2), and the latents ~ N(0, 1), the scale the Perceiver's LayerNorm gives its latents
+        before W_Q. W_out keeps out_init_std; subclasses call this after building their maps."""
+        if self.init_scale != "unit":
+            return
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and module.bias is None:
+                nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+        if isinstance(getattr(self, "latents", None), nn.Parameter):
+            nn.init.normal_(self.latents)
 
     @property
     def num_experts(self) -> int:
@@ -114,8 +129,9 @@ class PerceiverAdapter(_Adapter):
     """m trainable latent queries cross-attend over the n projected expert states (eqs. 6-11, 16)."""
 
     def __init__(self, expert_dims: list[int], out_dim: int, latent_dim: int = 512, num_queries: int = 8,
-                 num_heads: int = 8, out_init_std: float = OUT_INIT_STD, state_norm: str = "none"):
-        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm)
+                 num_heads: int = 8, out_init_std: float = OUT_INIT_STD, state_norm: str = "none",
+                 init_scale: str = "torch"):
+        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm, init_scale)
         if latent_dim % num_heads:
             raise ValueError(f"latent_dim {latent_dim} is not divisible by num_heads {num_heads}")
         self.num_queries, self.num_heads = int(num_queries), int(num_heads)
@@ -124,6 +140,7 @@ class PerceiverAdapter(_Adapter):
         self.w_q = nn.Linear(latent_dim, latent_dim, bias=False)
         self.w_k = nn.Linear(latent_dim, latent_dim, bias=False)
         self.w_v = nn.Linear(latent_dim, latent_dim, bias=False)
+        self._unit_scale()
 
     def forward(self, states: list[Tensor]) -> AdapterOutput:
         """states: one [B, d_i] tensor per expert -> context [B, m, out_dim], attention [B, m, n]."""
@@ -147,8 +164,9 @@ class FFNAdapter(_Adapter):
     """Without cross-attention (eq. 14): C = FFN(V) W_out + b_out, one context token per expert."""
 
     def __init__(self, expert_dims: list[int], out_dim: int, latent_dim: int = 512,
-                 out_init_std: float = OUT_INIT_STD, state_norm: str = "none"):
-        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm)
+                 out_init_std: float = OUT_INIT_STD, state_norm: str = "none", init_scale: str = "torch"):
+        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm, init_scale)
+        self._unit_scale()
 
     def forward(self, states: list[Tensor]) -> AdapterOutput:
         """states: one [B, d_i] tensor per expert -> context [B, n, out_dim]."""
@@ -168,10 +186,12 @@ class HardRouter(_Adapter):
     """
 
     def __init__(self, encoder_dim: int, expert_dims: list[int], out_dim: int, latent_dim: int = 512,
-                 gumbel_temperature: float = 1.0, out_init_std: float = OUT_INIT_STD, state_norm: str = "none"):
-        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm)
+                 gumbel_temperature: float = 1.0, out_init_std: float = OUT_INIT_STD, state_norm: str = "none",
+                 init_scale: str = "torch"):
+        super().__init__(expert_dims, out_dim, latent_dim, out_init_std, state_norm, init_scale)
         self.encoder_dim, self.gumbel_temperature = int(encoder_dim), float(gumbel_temperature)
         self.router = nn.Linear(encoder_dim, self.num_experts)
+        self._unit_scale()  # the router head has a bias: it keeps torch's init
 
     def select(self, encoder_embeddings: Tensor, training: bool | None = None,
                noise: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ from musketeers.errors import MusketeersError
 from musketeers.method_traits import METHOD_TRAITS  # the methods' names and needs (a leaf)
 
 CONTEXT_POSITIONS = ("after_first", "prefix", "suffix")  # where C sits in the prompt: musketeers/context.py
+INIT_SCALES = ("torch", "unit")  # adapter.init_scale: musketeers/adapters.py (the paper states no initialisation)
 STATE_NORMS = ("none", "layernorm")  # adapter.state_norm: musketeers/adapters.py (none: the paper's equations)
 REFERENCE_CONTEXTS = ("zeros", "none")  # what the KL reference sees where C sits: musketeers/context.py
 REPORT_TO = ("tensorboard", "wandb", "none")  # experiment trackers: musketeers/tracking.py
@@ -97,6 +98,7 @@ class AdapterConfig:
     hint_max_tokens: int = 128
     context_position: Literal[CONTEXT_POSITIONS] = "after_first"
     state_norm: Literal[STATE_NORMS] = "none"
+    init_scale: Literal[INIT_SCALES] = "torch"
 
 
 @dataclass

@@ -183,7 +183,7 @@ class Perceiver(Method):
         from musketeers.adapters import PerceiverAdapter
 
         return PerceiverAdapter(expert_dims, out_dim, cfg.latent_dim, cfg.num_queries, cfg.num_heads,
-                                state_norm=cfg.state_norm)
+                                state_norm=cfg.state_norm, init_scale=cfg.init_scale)
 
     def prepare(self, conditioner, questions, training):
         device = conditioner.device
@@ -201,7 +201,7 @@ class FFN(Perceiver):
     def build_adapter(self, expert_dims, out_dim, cfg, encoder_dim=None):
         from musketeers.adapters import FFNAdapter
 
-        return FFNAdapter(expert_dims, out_dim, cfg.latent_dim, state_norm=cfg.state_norm)
+        return FFNAdapter(expert_dims, out_dim, cfg.latent_dim, state_norm=cfg.state_norm, init_scale=cfg.init_scale)
 
 
 class HardRouting(Method):
@@ -224,7 +224,7 @@ class HardRouting(Method):
         if encoder_dim is None:
             raise ValueError("hard_routing needs encoder_dim (the sentence encoder's embedding size)")
         return HardRouter(encoder_dim, expert_dims, out_dim, cfg.latent_dim, cfg.gumbel_temperature,
-                          state_norm=cfg.state_norm)
+                          state_norm=cfg.state_norm, init_scale=cfg.init_scale)
 
     def prepare(self, conditioner, questions, training):
         import torch

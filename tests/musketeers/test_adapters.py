@@ -276,6 +276,28 @@ def test_state_norm_layernorm_makes_each_state_scale_free():
         load_run_config(TASK, ["adapter.state_norm=batchnorm"])
 
 
+def test_init_scale_unit_keeps_each_maps_input_rms():
+    """adapter.init_scale=unit (torch by default): the bias-free maps are N(0, 1/d_in) and the latents
+    N(0, 1); W_out keeps its near-zero init; a bad value is a config error naming the key."""
+    torch.manual_seed(0)
+    unit, default = perceiver(init_scale="unit"), perceiver()
+    for name, w in unit.named_parameters():
+        if name.endswith("weight") and not name.startswith("out_proj"):
+            assert abs(float(w.std()) * w.shape[1] ** 0.5 - 1.0) < 0.1, name
+    assert abs(float(unit.latents.std()) - 1.0) < 0.2 and float(default.latents.std()) < 0.05
+    assert float(unit.out_proj.weight.std()) < 1e-5 and float(unit.out_proj.bias.abs().max()) == 0.0
+    x = torch.randn(512, unit.latent_dim)
+    for adapter, rms in ((unit, 1.0), (default, 3 ** -0.5)):  # torch's U(+-1/sqrt(d_in)) shrinks by sqrt(3)
+        assert abs(float(adapter.ffn.w1(x).pow(2).mean().sqrt()) - rms) < 0.1
+    for name in ("ffn", "hard_routing"):
+        adapter = build_adapter(name, DIMS, OUT, latent_dim=64, init_scale="unit", **({"encoder_dim": ENC} if name == "hard_routing" else {}))
+        assert abs(float(adapter.ffn.w2.weight.std()) * 32 ** 0.5 - 1.0) < 0.15
+    cfg = load_run_config(TASK, ["adapter.init_scale=unit"])
+    assert METHODS["perceiver"].build_adapter(DIMS, OUT, cfg.adapter).init_scale == "unit"
+    with pytest.raises(ConfigError, match="adapter.init_scale"):
+        load_run_config(TASK, ["adapter.init_scale=xavier"])
+
+
 def test_saturation_is_the_share_of_saturated_ffn_units():
     """AdapterOutput.saturation: the share of |W_1 x| > 3, where tanh passes under 1% of a gradient."""
     adapter = perceiver()
