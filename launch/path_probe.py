@@ -106,21 +106,20 @@ def first_number_right(completion: str, answer: str) -> bool:
 
 
 def held_out(cfg, model, tokenizer, source: ContextSource, rows, batch: int = 32) -> dict:
-    """Greedy completions of the first eval items with C from `source`: accuracy, score, `number`
-    (first_number_right) and, with the adapter, the routing metrics."""
+    """Greedy completions of the first eval items with C from `source` (built once for all of them, so
+    `shuffled` never pairs an item with itself): accuracy, score, `number` (first_number_right) and,
+    with the adapter, the routing metrics."""
     adapter = source.conditioner.adapter if source.conditioner is not None else None
     if adapter is not None:
         adapter.eval()
-    completions, metrics = [], {}
+    context, metrics = source(rows, training=False)
+    completions = []
     for k in range(0, len(rows), batch):
-        chunk = rows[k:k + batch]
-        context, metrics = source(chunk, training=False)
-        prompts = [build_prompt(r["question"], tokenizer, cfg.task) for r in chunk]
-        completions += policy_completions(model, tokenizer, prompts, context, cfg.training.max_completion_length,
-                                          source.layout)
+        prompts = [build_prompt(r["question"], tokenizer, cfg.task) for r in rows[k:k + batch]]
+        completions += policy_completions(model, tokenizer, prompts, None if context is None else context[k:k + batch],
+                                          cfg.training.max_completion_length, source.layout)
     if adapter is not None:
         adapter.train()
-        metrics = source(rows, training=False)[1]  # routing over all the items
     summary = accuracy_summary([r["task"] for r in rows], score_rows(rows, completions, cfg))
     number = sum(first_number_right(c, str(r["answer"])) for c, r in zip(completions, rows)) / max(len(rows), 1)
     return {"accuracy": summary["accuracy"], "score": summary["score"], "number": number, **metrics,
@@ -163,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     groups += [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.learning_rate}] if args.lora else []
     groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.AdamW(groups, eps=t.adam_epsilon, weight_decay=t.weight_decay) if groups else None
+    if args.context == "shuffled" and min(args.batch, args.eval_items) < 2:
+        parser.error("--context shuffled pairs each row with another row's answer: --batch and --eval-items must be >= 2")
     if optimizer is None and args.steps:
         parser.error(f"--context {args.context} without --lora trains nothing: add --lora, or --steps 0 to evaluate only")
     trained = [p for group in groups for p in group["params"]]

@@ -95,7 +95,7 @@ class _Adapter(nn.Module):
         before W_Q. W_out keeps out_init_std; subclasses call this after building their maps."""
         if self.init_scale != "unit":
             return
-        for name, module in self.named_modules():
+        for module in self.modules():
             if isinstance(module, nn.Linear) and module.bias is None:
                 nn.init.normal_(module.weight, std=module.in_features ** -0.5)
         if isinstance(getattr(self, "latents", None), nn.Parameter):

@@ -67,10 +67,12 @@ def test_a_gold_context_with_lora_trains_the_policy_alone(probe, tmp_path, monke
     assert log[-1]["context_norm"] > 0 and all(log[-1][f"grad/{part}"] == 0 for part in probe.PARTS)
 
 
-def test_a_context_source_that_trains_nothing_is_refused(probe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("args", [["--context", "none", "--steps", "1"],  # trains nothing
+                                  ["--context", "shuffled", "--lora", "--batch", "1"]])  # a row would get its own answer
+def test_a_probe_that_cannot_measure_is_refused(probe, tmp_path, monkeypatch, args):
     monkeypatch.setenv("MUSKETEERS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(SystemExit):
-        probe.main(["--context", "none", "--steps", "1", str(TASK), f"team={TEAM}"])
+        probe.main([*args, str(TASK), f"team={TEAM}"])
 
 
 @pytest.mark.parametrize("completion,answer,right", [(" = 15", "15", True), ("15</answer>", "15", True),
