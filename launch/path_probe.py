@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from musketeers.conditioning import build_conditioner  # noqa: E402
 from musketeers.config import load_run_config  # noqa: E402
-from musketeers.context import ContextLayout, insert_context  # noqa: E402
+from musketeers.context import ContextLayout, insert_context, positions_from_mask  # noqa: E402
 from musketeers.data import build_prompt, default_split, load_split  # noqa: E402
 from musketeers.generation import accuracy_summary, policy_completions, score_rows  # noqa: E402
 from musketeers.policy import build_policy  # noqa: E402
@@ -89,7 +89,7 @@ def teacher_forced_loss(model, tokenizer, source: ContextSource, cfg, rows) -> t
         labels[i, -len(y):] = torch.tensor(y)
     embeds = model.get_input_embeddings()(ids)
     if context is None:
-        attention, positions = mask, (mask.cumsum(-1) - 1).clamp(min=0)
+        attention, positions = mask, positions_from_mask(mask)
     else:
         embeds, attention, positions = insert_context(embeds, mask, context, source.layout.slot(mask))
     logits = model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).logits
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     trained = [p for group in groups for p in group["params"]]
     train_rows = list(load_split(cfg.task, "train"))
     eval_rows = list(load_split(cfg.task, default_split(cfg)))[:args.eval_items]
-    counts = {"trained/g_phi": sum(p.numel() for p in groups[0]["params"]) if conditioner is not None else 0,
+    counts = {"trained/g_phi": sum(p.numel() for p in adapter.parameters()),
               "trained/lora": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     log = [{"step": 0, "context": args.context, **counts, **held_out(cfg, model, tokenizer, source, eval_rows)}]
     print(json.dumps(log[-1]), flush=True)
