@@ -1,6 +1,5 @@
 """launch/path_probe.py on tiny models: it trains g_phi alone (the policy stays as it was), logs what
 the README's probe table reads, and refuses a method without g_phi."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,14 +7,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK, TEAM = ROOT / "tests/fixtures/task_tiny.yaml", ROOT / "tests/fixtures/team_oracle_tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("path_probe", ROOT / "launch" / "path_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_probe_trains_g_phi_and_reports_the_path(probe, tmp_path, monkeypatch):
