@@ -35,8 +35,8 @@ from rewards.functions import gold_answer_text, reply_text  # noqa: E402
 
 def written_and_gold(evaluation: dict) -> list[tuple[str, str]]:
     """(written answer, gold answer) of every item of a greedy evaluation (musketeers/evaluate.py's JSON)."""
-    if "completion" not in evaluation["items"][0]:
-        raise SystemExit(f"{evaluation['path']}: a sampled evaluation (--samples); give a greedy one")
+    if not evaluation["items"] or "completion" not in evaluation["items"][0]:
+        raise ValueError("a sampled (--samples) or empty evaluation; give a greedy one")
     cfg = read_config(evaluation["run_dir"])
     rows = load_split(cfg.task, evaluation["split"])
     pairs = []
@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.evaluations:
         if not path.is_file():
             parser.error(f"{path}: no such evaluation file (musketeers eval writes RUN/final/eval-<split>.json)")
-        evaluation = {**json.loads(path.read_text()), "path": str(path)}
-        result = permutation_test(written_and_gold(evaluation), args.rounds)
+        try:
+            evaluation = json.loads(path.read_text())
+            result = permutation_test(written_and_gold(evaluation), args.rounds)
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            parser.error(f"{path}: not a greedy evaluation written by `musketeers eval` ({error!r})")
         differs = "" if abs(result["accuracy"] - evaluation["accuracy"]) < 1e-9 else \
             f" (the task's own accuracy: {evaluation['accuracy']:.3f}; its score is not an exact match)"
         print(f"{path}: accuracy {result['accuracy']:.3f} on {result['n']} items{differs}; by chance "

@@ -34,5 +34,7 @@ def test_an_evaluation_is_read_against_its_run_split(chance, tmp_path, monkeypat
     evaluation.write_text(json.dumps({"run_dir": str(run), "split": "validation", "accuracy": 1.0, "items": items}))
     chance.main([str(evaluation), "--rounds", "50"])
     assert "accuracy 1.000 on 4 items; by chance" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        chance.main([str(tmp_path / "missing.json")])
+    (tmp_path / "other.json").write_text(json.dumps({"steps": 3}))
+    for bad in ("missing.json", "other.json"):  # no file; a JSON that is no evaluation
+        with pytest.raises(SystemExit):
+            chance.main([str(tmp_path / bad)])
