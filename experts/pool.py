@@ -66,10 +66,10 @@ class RayExpertWorker(ExpertWorker):
         return {**super().info(), "node_id": ray.get_runtime_context().get_node_id()}  # where Ray placed it
 
 
-def init_ray(num_cpus: float, env_vars: dict[str, str] | None = None) -> bool:
+def init_ray(num_cpus: float, env_vars: dict[str, str] | None = None, resources: dict[str, float] | None = None) -> bool:
     """Start a quiet local Ray unless one is running (or RAY_ADDRESS names a cluster to join), with at
-    least `num_cpus` logical CPUs and `env_vars` in its workers' environment. Returns True when this
-    call started it (so its owner shuts it down)."""
+    least `num_cpus` logical CPUs, the custom `resources` and `env_vars` in its workers' environment.
+    Returns True when this call started it (so its owner shuts it down)."""
     import ray
 
     if ray.is_initialized():
@@ -82,7 +82,8 @@ def init_ray(num_cpus: float, env_vars: dict[str, str] | None = None) -> bool:
     kwargs = {"log_to_driver": False, "runtime_env": {"env_vars": env}}
     if not os.environ.get("RAY_ADDRESS"):
         # logical CPUs: every expert actor must fit, even when the team asks for more than the cores
-        kwargs.update(num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
+        kwargs.update(num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), resources=resources or None,
+                      include_dashboard=False,
                       object_store_memory=OBJECT_STORE_BYTES,
                       address="local")  # a new Ray, not one a `ray start` left (ray.init would join it)
     ray.init(**kwargs)

@@ -30,6 +30,8 @@ file's num_cpus / num_gpus / resources. With team.placement `together` they shar
 bundle with the policy on one node, the experts' num_gpus being fractions of the run's GPU (as on one
 machine); with `apart` they go wherever Ray finds room, other nodes included, and their pooled states
 come back through Ray's object store. Ray queues what does not fit yet: N GPU nodes run N runs at once.
+A Ray this sweep starts on this machine holds at most cores // num_cpus runs at once, whatever logical CPUs
+it declares for the experts (RUN_SLOT in sweep_resources.py).
 
 Guarantees: no run is trained twice in one output_dir (the store; several sweeps may share one): a
 run whose config matches a run already there (its identity: run_store.py) is served by that run,
@@ -71,7 +73,7 @@ from musketeers.method_traits import METHOD_TRAITS
 from musketeers.rundir import attempts_path, checkpoint_step, is_finished, last_checkpoint, log_path, mark_done
 from musketeers.run_store import RunBusy, hold, release_all, serving_dir, store_runs, write_record
 from musketeers.sweep_plan import DEFAULT_RETRIES, Job, SweepError, eval_done, plan, plan_states, print_plan, read_sweep
-from musketeers.sweep_resources import check_fits, cpu_demand, run_demand
+from musketeers.sweep_resources import RUN_SLOT, check_fits, cpu_demand, local_run_slots, run_demand, with_run_slot
 from musketeers.sweep_table import Display, RunStatus
 
 POLL_S = 2.0
@@ -203,7 +205,8 @@ def connect(address: str | None, jobs: list[Job], resources: dict) -> bool:
 
     code = str(Path(musketeers.__file__).resolve().parent.parent)  # the runs import the code this sweep runs
     path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
-    return init_ray(max(cpu_demand(j, resources) for j in jobs), env_vars={"PYTHONPATH": path})
+    slots = {RUN_SLOT: local_run_slots(resources["num_cpus"], os.cpu_count())}
+    return init_ray(max(cpu_demand(j, resources) for j in jobs), env_vars={"PYTHONPATH": path}, resources=slots)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -361,7 +364,8 @@ def sweep(path: Path, address: str | None = None, dry_run: bool = False) -> dict
 
     started = connect(address, todo, resources)
     try:
-        gpus = ray.cluster_resources().get("GPU", 0.0)
+        cluster = ray.cluster_resources()
+        gpus, resources = cluster.get("GPU", 0.0), with_run_slot(resources, cluster)
         demands = {job.name: run_demand(job, resources, gpus) for job in todo}
         check_fits(todo, demands, [n["Resources"] for n in ray.nodes() if n["Alive"]])
         begin, sweep_id = time.perf_counter(), uuid.uuid4().hex[:12]

@@ -11,6 +11,25 @@ from musketeers.method_traits import METHOD_TRAITS
 from musketeers.sweep_plan import Job, SweepError
 
 
+# A Ray started for a sweep declares this many of RUN_SLOT and each run takes one, so that runs share the cores
+# no more than their threads allow: that Ray's logical CPUs are raised until a run's expert actors fit
+# (experts.pool.init_ray), which on 2 cores let two 2-thread `single` runs start at once (15 s a step each,
+# against 4 s for one alone). A cluster joined with --address declares none: Ray's CPUs place runs there.
+RUN_SLOT = "musketeers_run_slot"
+
+
+def local_run_slots(run_cpus: float, cores: int | None) -> int:
+    """Policy runs a sweep's own Ray may hold at once: each gets run_cpus cores' worth of threads, at least one run."""
+    return max(1, int((cores or 1) // max(run_cpus, 1.0)))
+
+
+def with_run_slot(resources: dict, cluster: dict) -> dict:
+    """The sweep's run resources, plus one RUN_SLOT when the cluster declares run slots."""
+    if not cluster.get(RUN_SLOT):
+        return resources
+    return {**resources, "custom": {**resources["custom"], RUN_SLOT: 1.0}}
+
+
 def _ray_experts(cfg: dict) -> list[dict]:
     """The experts a run starts as Ray actors (none for `single` or an in-process team)."""
     team = cfg["team"]

@@ -181,6 +181,31 @@ def test_a_run_no_node_can_hold_fails_before_anything_starts():
         sweep.check_fits([job], demands, [{"CPU": 4.0}])
 
 
+def test_a_sweeps_own_ray_holds_no_more_runs_at_once_than_the_cores_give_threads(monkeypatch):
+    from musketeers.sweep_resources import RUN_SLOT, local_run_slots, with_run_slot
+
+    assert [local_run_slots(cpus, cores) for cpus, cores in [(2, 2), (1, 2), (2, 8), (4, 2), (0.5, 2), (1, None)]] \
+        == [1, 2, 4, 1, 2, 1]
+    res = sweep_plan.read_resources({"resources": {"num_cpus": 2}}, "s")
+    assert with_run_slot(res, {"CPU": 5.0}) is res  # a cluster joined with --address: Ray's CPUs place the runs
+    slotted = with_run_slot(res, {"CPU": 5.0, RUN_SLOT: 1.0})
+    task, bundle = sweep.run_demand(job_with(), slotted, 0)
+    assert bundle == {"CPU": 2 + 3, RUN_SLOT: 1.0} and task["resources"] == {}  # the slot is held with the experts'
+    task, bundle = sweep.run_demand(job_with(method="single"), slotted, 0)
+    assert bundle is None and task["resources"] == {RUN_SLOT: 1.0}
+    sweep.check_fits([job_with()], {"r": sweep.run_demand(job_with(), slotted, 0)}, [{"CPU": 5.0, RUN_SLOT: 1.0}])
+    # the Ray a sweep starts declares the slots: on 2 cores, one 2-thread run at a time, though 5 logical
+    # CPUs (for a perceiver run's three expert actors) would fit two `single` runs
+    import ray
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert sweep.connect(None, [job_with()], res)
+    try:
+        assert ray.cluster_resources()[RUN_SLOT] == 1.0 and ray.cluster_resources()["CPU"] == 5.0
+    finally:
+        ray.shutdown()
+
+
 # ----------------------------------------------------------------------------- on a simulated cluster
 
 
