@@ -29,15 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reasoning_gym.utils import extract_answer  # noqa: E402
 
 from musketeers.data import load_split  # noqa: E402
-from musketeers.rundir import read_config  # noqa: E402
+from musketeers.rundir import is_run_dir, read_config  # noqa: E402
 from rewards.functions import gold_answer_text, reply_text  # noqa: E402
 
 
-def written_and_gold(evaluation: dict) -> list[tuple[str, str]]:
+def run_dir_of(path: Path, evaluation: dict) -> Path:
+    """The run an eval JSON belongs to: the folder it lies in (RUN/ for --baseline) or the one above (RUN/final/),
+    else the run_dir it records (relative to where `musketeers eval` ran, so it may not resolve from here)."""
+    for candidate in (path.parent, path.parent.parent, Path(evaluation["run_dir"])):
+        if is_run_dir(candidate):
+            return candidate
+    raise ValueError(f"no run directory (a config.yaml) beside it, above it or at its run_dir {evaluation['run_dir']!r}")
+
+
+def written_and_gold(evaluation: dict, run_dir: Path) -> list[tuple[str, str]]:
     """(written answer, gold answer) of every item of a greedy evaluation (musketeers/evaluate.py's JSON)."""
     if not evaluation["items"] or "completion" not in evaluation["items"][0]:
         raise ValueError("a sampled (--samples) or empty evaluation; give a greedy one")
-    cfg = read_config(evaluation["run_dir"])
+    cfg = read_config(run_dir)
     rows = load_split(cfg.task, evaluation["split"])
     pairs = []
     for item in evaluation["items"]:
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{path}: no such evaluation file (musketeers eval writes RUN/final/eval-<split>.json)")
         try:
             evaluation = json.loads(path.read_text())
-            result = permutation_test(written_and_gold(evaluation), args.rounds)
+            result = permutation_test(written_and_gold(evaluation, run_dir_of(path, evaluation)), args.rounds)
         except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
             parser.error(f"{path}: not a greedy evaluation written by `musketeers eval` ({error!r})")
         differs = "" if abs(result["accuracy"] - evaluation["accuracy"]) < 1e-9 else \

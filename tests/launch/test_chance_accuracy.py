@@ -34,6 +34,16 @@ def test_an_evaluation_is_read_against_its_run_split(chance, tmp_path, monkeypat
     evaluation.write_text(json.dumps({"run_dir": str(run), "split": "validation", "accuracy": 1.0, "items": items}))
     chance.main([str(evaluation), "--rounds", "50"])
     assert "accuracy 1.000 on 4 items; by chance" in capsys.readouterr().out
+    # the run_dir it records is relative to where `musketeers eval` ran: the run is found from where the JSON lies
+    (run / "final").mkdir()
+    moved = json.loads(evaluation.read_text()) | {"run_dir": "runs/elsewhere"}
+    (run / "final" / "eval-validation.json").write_text(json.dumps(moved))
+    chance.main([str(run / "final" / "eval-validation.json"), "--rounds", "50"])
+    assert "accuracy 1.000 on 4 items; by chance" in capsys.readouterr().out
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    with pytest.raises(SystemExit):
+        chance.main([str(tmp_path / "moved.json")])
+    assert "no run directory (a config.yaml) beside it, above it or at its run_dir 'runs/elsewhere'" in capsys.readouterr().err
     (tmp_path / "other.json").write_text(json.dumps({"steps": 3}))
     for bad in ("missing.json", "other.json"):  # no file; a JSON that is no evaluation
         with pytest.raises(SystemExit):
