@@ -30,6 +30,12 @@ to 0):
   score   the mean score over all samples, partial credit included
 overall and per source dataset. T = 0 decodes greedily: mean@k = pass@k = greedy accuracy.
 
+--context other | none (methods with context tokens C): each item is given the C that g_phi makes of
+the next item's expert states (the last item the first's): the same Cs, the wrong items; or no C at
+all, the prompt alone (Figure 5's ablation, held out and greedy). Accuracy that holds under `other` does
+not come from what C says about the item: C then acts as a learned prompt. The file name says which
+(eval-<split>-context-other.json), so neither overwrites the item's own.
+
 --baseline: the base policy without LoRA and, for context methods, an adapter freshly initialised
 with the run's seed in the same order as `train()` builds it, i.e. exactly the g_phi the run started
 from. Its output projection starts near zero, so the untrained policy sees the near-zero C it saw at
@@ -55,8 +61,13 @@ from typing import Any
 from musketeers.data import default_split
 from musketeers.generation import (CORRECT_SCORE, DEFAULT_BATCH_SIZE, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, EvalError,
                                    Evaluator, Sampling, accuracy_summary, complete_rows, sampled_summary, score_rows)
+from musketeers.method_traits import METHOD_TRAITS
 from musketeers.rundir import (CONFIG_FILE, baseline_eval_path, eval_path, final_or_last_checkpoint, is_checkpoint,
                                is_run_dir, read_config, write_json_atomic)
+
+
+CONTEXT_SOURCES = ("own", "other", "none")
+CONTEXT_NOTES = {"own": "", "other": ", each item given the C of the next item", "none": ", without C (the prompt alone)"}
 
 
 # ----------------------------------------------------------------------------- paths
@@ -83,21 +94,31 @@ def resolve_target(path: str | Path, baseline: bool = False) -> tuple[Path, Path
 
 def evaluate(path: str | Path, split: str | None = None, limit: int | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE, baseline: bool = False, progress: bool = True,
-             sampling: Sampling | None = None) -> dict[str, Any]:
+             sampling: Sampling | None = None, context: str = "own") -> dict[str, Any]:
     """Evaluate a run or checkpoint, greedily or with `sampling`; writes and returns the result (see
     the module docstring)."""
     from musketeers.data import load_split
 
     if batch_size < 1 or (limit is not None and limit < 1):
         raise EvalError(f"--batch-size and --limit must be at least 1, got {batch_size} and {limit}")
+    if context not in CONTEXT_SOURCES:
+        raise EvalError(f"--context {context!r} is not one of {', '.join(CONTEXT_SOURCES)}")
     run_dir, checkpoint = resolve_target(path, baseline)
     cfg = read_config(run_dir)
+    if context != "own" and not METHOD_TRAITS[cfg.method].context_tokens:
+        raise EvalError(f"--context {context}: method {cfg.method!r} gives the policy no context tokens C "
+                        f"(methods with C: {', '.join(t.name for t in METHOD_TRAITS.values() if t.context_tokens)})")
     split = split or default_split(cfg)
     all_rows = load_split(cfg.task, split)
     n = len(all_rows) if limit is None else min(limit, len(all_rows))
+    if context == "other" and n < 2:
+        raise EvalError("--context other gives each item the C of the next one: evaluate at least 2 items")
     start = time.perf_counter()
     rows = [all_rows[k] for k in range(n)]
     evaluator = Evaluator(cfg, checkpoint, baseline)
+    if context == "other":  # item k gets the C of item k+1 (the last one the first's): the same Cs, other items
+        evaluator.context_of = {r["question"]: rows[(k + 1) % n]["question"] for k, r in enumerate(rows)}
+    evaluator.without_context = context == "none"
     k = 1 if sampling is None else sampling.samples
     try:
         completions = complete_rows(evaluator, rows, batch_size, progress, desc=f"eval {split}", sampling=sampling)
@@ -109,7 +130,8 @@ def evaluate(path: str | Path, split: str | None = None, limit: int | None = Non
         "run_dir": str(run_dir), "checkpoint": None if baseline else str(checkpoint), "baseline": baseline,
         "task": cfg.task.name, "method": cfg.method, "team": cfg.team.name, "seed": cfg.seed,
         "split": split, "limit": limit, "split_size": len(all_rows), "decoding": "greedy" if sampling is None else "sampled",
-        "max_completion_length": cfg.training.max_completion_length, "seconds": round(time.perf_counter() - start, 2),
+        "max_completion_length": cfg.training.max_completion_length, "context": context,
+        "seconds": round(time.perf_counter() - start, 2),
         **({"gsm8k_extraction": cfg.reward.gsm8k_extraction} if cfg.task.source == "gsm8k" else {}),
     }
     if sampling is None:
@@ -122,7 +144,7 @@ def evaluate(path: str | Path, split: str | None = None, limit: int | None = Non
                       sampling_seed=cfg.seed, correct_at=CORRECT_SCORE, **sampled_summary(datasets, item_scores),
                       items=[{"index": j, "dataset": r["task"], "scores": sc, "completions": completions[j * k:(j + 1) * k]}
                              for j, (r, sc) in enumerate(zip(rows, item_scores))])
-    tag = "" if sampling is None else sampling.tag
+    tag = "-".join(t for t in ("" if sampling is None else sampling.tag, "" if context == "own" else f"context-{context}") if t)
     path = baseline_eval_path(run_dir, split, tag) if baseline else eval_path(checkpoint, split, tag)
     result["path"] = str(path)
     write_json_atomic(path, result)
@@ -141,7 +163,8 @@ def format_result(result: dict[str, Any]) -> str:
     decoding = (f"{result['samples']} samples per item at temperature {result['temperature']:g}, top-p {result['top_p']:g}"
                 if sampled else "greedy")
     head = (f"eval of {what}: method {result['method']}, task {result['task']}, split {result['split']} "
-            f"({result['n']} of {result['split_size']} items), {decoding}, {result['max_completion_length']} tokens")
+            f"({result['n']} of {result['split_size']} items), {decoding}, {result['max_completion_length']} tokens"
+            f"{CONTEXT_NOTES[result.get('context', 'own')]}")
     if sampled:
         k = result["samples"]
         columns, keys = f"mean@{k} (correct samples) | pass@{k} (items with a correct sample)", ("mean@k", "pass@k")
@@ -167,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     with run_output():  # the phase lines of loading (policy, experts), as `musketeers train` prints them
         result = evaluate(args.path, split=args.split, limit=args.limit, batch_size=args.batch_size,
-                          baseline=args.baseline, sampling=sampling_from_args(args))
+                          baseline=args.baseline, sampling=sampling_from_args(args), context=args.context)
     print(format_result(result))
     print(f"wrote {result['path']}")
 
@@ -189,5 +212,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         "instead of greedy accuracy")
     p.add_argument("--temperature", type=float, metavar="T", help=f"with --samples (default {DEFAULT_TEMPERATURE}; 0: greedy)")
     p.add_argument("--top-p", type=float, metavar="P", help=f"with --samples, in (0, 1] (default {DEFAULT_TOP_P})")
+    p.add_argument("--context", choices=CONTEXT_SOURCES, default="own",
+                   help="methods with context tokens: each item's own C (default), the C of the next item "
+                        "(other: does the policy use what C says about its item?) or none (the prompt alone)")
     p.set_defaults(func=cmd_eval)
     return p

@@ -130,6 +130,9 @@ def greedy_completions(model, tokenizer, prompts: list[str], context: torch.Tens
 class Evaluator:
     """Policy, tokenizer and conditioner of a run, rebuilt for evaluation (call close() after)."""
 
+    context_of: dict[str, str] | None = None  # question -> the question whose C it is given (eval --context other)
+    without_context: bool = False             # no C at all, the prompt alone (eval --context none)
+
     def __init__(self, cfg: RunConfig, checkpoint: Path | None, baseline: bool = False):
         from transformers import set_seed
 
@@ -184,9 +187,11 @@ class Evaluator:
         per question, or `sampling.samples` per question, adjacent (see policy_completions)."""
         from musketeers.data import build_prompt
 
-        cond = self.conditioner.prepare(questions, training=False)  # once per question, whatever k is
+        asked = [self.context_of[q] for q in questions] if self.context_of else questions
+        cond = self.conditioner.prepare(asked, training=False)
+        context = None if self.without_context else cond.context
         prompts = cond.prompts or [build_prompt(q, self.tokenizer, self.cfg.task) for q in questions]
-        return policy_completions(self.model, self.tokenizer, prompts, cond.context, self.cfg.training.max_completion_length,
+        return policy_completions(self.model, self.tokenizer, prompts, context, self.cfg.training.max_completion_length,
                                   self.conditioner.layout, self.cfg.training.generation_cache, sampling, seed)
 
     def close(self) -> None:

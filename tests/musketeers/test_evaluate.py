@@ -228,6 +228,33 @@ def test_every_method_evaluates(trained, method):
     assert sampled["n"] == 3 and [len(item["scores"]) for item in sampled["items"]] == [2, 2, 2]
 
 
+def test_context_other_gives_each_item_the_next_items_c_and_none_gives_none(trained, monkeypatch):
+    seen = {}
+
+    def record(model, tokenizer, prompts, context, *args, **kwargs):
+        seen[len(seen)] = (prompts, None if context is None else context.clone())
+        return ["<answer>1</answer>"] * len(prompts)
+
+    monkeypatch.setattr(gen, "policy_completions", record)
+    results = {c: ev.evaluate(trained["perceiver"], limit=3, batch_size=3, progress=False, context=c)
+               for c in ev.CONTEXT_SOURCES}
+    (own_prompts, own), (other_prompts, other), (none_prompts, none) = seen.values()
+    assert own_prompts == other_prompts == none_prompts  # the items' own prompts every time
+    assert torch.equal(other, own[[1, 2, 0]]) and not torch.equal(other, own) and none is None
+    final = trained["perceiver"] / "final"
+    assert [Path(results[c]["path"]).name for c in ev.CONTEXT_SOURCES] == [
+        "eval-validation.json", "eval-validation-context-other.json", "eval-validation-context-none.json"]
+    assert all(results[c]["context"] == c and (final / Path(results[c]["path"]).name).is_file() for c in ev.CONTEXT_SOURCES)
+    assert "each item given the C of the next item" in ev.format_result(results["other"])
+    for method in ("single", "text_hints"):
+        with pytest.raises(ev.EvalError, match=f"--context other: method '{method}' gives the policy no context tokens C"):
+            ev.evaluate(trained[method], limit=3, progress=False, context="other")
+    with pytest.raises(ev.EvalError, match="evaluate at least 2 items"):
+        ev.evaluate(trained["perceiver"], limit=1, progress=False, context="other")
+    with pytest.raises(ev.EvalError, match="--context 'mine' is not one of own, other, none"):
+        ev.evaluate(trained["perceiver"], limit=3, progress=False, context="mine")
+
+
 def test_trained_adapter_and_lora_are_loaded_and_baseline_uses_the_initial_adapter(trained, tmp_path):
     from safetensors.torch import load_file
 
