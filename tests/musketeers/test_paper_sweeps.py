@@ -50,6 +50,19 @@ def test_fig4_plans_three_teams_on_the_four_task_families():
     assert data.get("eval") is None  # the figure is the training dynamics
 
 
+def test_cpu_table1_plans_the_five_methods_on_the_demo_as_docs_table1_cpu_says():
+    data, jobs = paper_plan("cpu_table1")
+    methods = ("single", "hard_routing", "text_hints", "ffn", "perceiver")
+    assert sorted(j.name for j in jobs) == sorted(f"demo-{m}-{'none' if m == 'single' else 'embedded'}-seed{s}"
+                                                  for m in methods for s in SEEDS)
+    for job in jobs:
+        training = job.config["training"]
+        assert (training["max_steps"], training["max_completion_length"], training["learning_rate"]) == (60, 2, 1e-3)
+        assert job.config["adapter"]["hint_max_tokens"] == 16 and training["no_context_reward_every"] == 10
+        assert (job.config["adapter"]["state_norm"], job.config["adapter"]["init_scale"]) == ("none", "torch")
+    assert data["eval"]["limit"] == 500 and data["resources"]["num_cpus"] == 2
+
+
 def test_fig5_plans_logic_and_arithmetic_with_the_reward_without_c_logged():
     data, jobs = paper_plan("fig5_without_context")
     assert sorted(j.name for j in jobs) == sorted(f"{task}-perceiver-default-seed{s}-no_context_reward_every10"
