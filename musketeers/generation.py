@@ -187,10 +187,12 @@ class Evaluator:
         per question, or `sampling.samples` per question, adjacent (see policy_completions)."""
         from musketeers.data import build_prompt
 
-        asked = [self.context_of[q] for q in questions] if self.context_of else questions
-        cond = self.conditioner.prepare(asked, training=False)
-        context = None if self.without_context else cond.context
-        prompts = cond.prompts or [build_prompt(q, self.tokenizer, self.cfg.task) for q in questions]
+        context, prompts = None, None  # eval --context none: the prompt alone, no expert asked
+        if not self.without_context:
+            cond = self.conditioner.prepare([self.context_of[q] for q in questions] if self.context_of else questions,
+                                            training=False)
+            context, prompts = cond.context, cond.prompts
+        prompts = prompts or [build_prompt(q, self.tokenizer, self.cfg.task) for q in questions]
         return policy_completions(self.model, self.tokenizer, prompts, context, self.cfg.training.max_completion_length,
                                   self.conditioner.layout, self.cfg.training.generation_cache, sampling, seed)
 
