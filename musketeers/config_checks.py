@@ -187,6 +187,9 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
     schedulers = [s.value for s in SchedulerType]
     if t.lr_scheduler_type not in schedulers:
         fail("training.lr_scheduler_type", f"unknown scheduler {t.lr_scheduler_type!r}{_choices_hint(t.lr_scheduler_type, schedulers)}")
+    if t.warmup_steps and t.lr_scheduler_type in ("constant", "reduce_lr_on_plateau"):  # transformers' get_scheduler drops it
+        fail("training.warmup_steps", f"{t.warmup_steps} is ignored by lr_scheduler_type {t.lr_scheduler_type!r}; "
+                                      "for a warmup then a constant rate set training.lr_scheduler_type=constant_with_warmup")
 
 
 def _validate_reward(cfg: RunConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
