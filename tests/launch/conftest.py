@@ -23,3 +23,8 @@ def probe():
 @pytest.fixture(scope="module")
 def chance():
     return load_script("chance_accuracy")
+
+
+@pytest.fixture(scope="module")
+def merge_lora():
+    return load_script("merge_lora")
