@@ -28,8 +28,9 @@ from musketeers.rundir import (checkpoint_problem, final_or_last_checkpoint, is_
                                read_config)
 
 
-def merge(run_dir: Path, checkpoint: Path, out: Path) -> None:
-    """Load the run's base policy, merge the checkpoint's LoRA into it and save model and tokenizer to out."""
+def merge(run_dir: Path, checkpoint: Path, out: Path) -> str:
+    """Load the run's base policy, merge the checkpoint's LoRA into it and save model and tokenizer to out;
+    returns the base policy's reference."""
     from peft import PeftModel
 
     cfg = read_config(run_dir)
@@ -45,6 +46,7 @@ def merge(run_dir: Path, checkpoint: Path, out: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return cfg.policy.model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,13 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = args.run / args.checkpoint if args.checkpoint else final_or_last_checkpoint(args.run)
     if checkpoint is None:
         parser.error(f"{args.run}: no final/ and no complete checkpoint-N/ to merge")
-    problem = ("no such folder" if not checkpoint.is_dir() else checkpoint_problem(checkpoint)
-               or (None if is_checkpoint(checkpoint) else "it holds no LoRA adapter"))
-    if problem:
+    if not checkpoint.is_dir():
+        parser.error(f"{checkpoint}: no such folder; valid: final or checkpoint-N of {args.run}")
+    if not is_checkpoint(checkpoint):
+        problem = checkpoint_problem(checkpoint) or "it holds no LoRA adapter"
         parser.error(f"{checkpoint}: {problem}; valid: final or checkpoint-N of {args.run}")
-    merge(args.run, checkpoint, args.out)
-    print(f"merged {checkpoint} into {read_config(args.run).policy.model}: wrote {args.out} "
-          f"(use it as policy.model={args.out})")
+    base = merge(args.run, checkpoint, args.out)
+    print(f"merged {checkpoint} into {base}: wrote {args.out} (use it as policy.model={args.out})")
 
 
 if __name__ == "__main__":
