@@ -16,7 +16,8 @@ objective with the KL term). We override only what the context tokens touch:
                                       reach the LM head (all methods)
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
                                       (hard routing: the expert each completion was sampled with)
-  5. create_optimizer                 the adapter is its own parameter group with router_lr
+  5. create_optimizer                 the adapter is its own parameter group with router_lr;
+     _clip_grad_norm                  logs g_phi's share of the pre-clip gradient norm (grad_norm/adapter)
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints, and a
                                       manifest written last seals each one (musketeers.interruptions)
   7. evaluate                         training.eval_every: greedy held-out accuracy (musketeers.generation's
@@ -291,6 +292,16 @@ class MusketeersGRPOTrainer(GRPOTrainer):
                                "lr": self.router_lr, "weight_decay": self.args.weight_decay})
             self.optimizer = torch.optim.AdamW(groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
         return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        # Trainer clips every trainable parameter together, g_phi included; the logged grad_norm is their
+        # joint pre-clip norm, which g_phi's W_out can dominate 10-800x (docs/signal.md), so log its share
+        adapter = self.conditioner.adapter
+        grads = [p.grad for p in adapter.parameters() if p.grad is not None] if adapter is not None else []
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self._metrics["train"]["grad_norm/adapter"].append(norm.item())
+        return super()._clip_grad_norm(model)
 
     # ------------------------------------------------------------------------- 6. checkpoints
 

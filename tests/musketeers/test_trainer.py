@@ -341,6 +341,10 @@ def test_every_method_trains_two_steps(tmp_path, dense_reward, method):
     assert [r["step"] for r in rows] == [1, 2]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoint-2").is_dir()
     assert any((run_dir / "tensorboard").iterdir()) and (run_dir / "curves.png").stat().st_size > 10_000
+    if method in ("perceiver", "ffn", "hard_routing"):  # g_phi's share of the joint pre-clip norm
+        assert all(0 < r["grad_norm/adapter"] <= r["grad_norm"] * (1 + 1e-5) for r in rows)
+    else:
+        assert not any("grad_norm/adapter" in r for r in rows)
     if method == "perceiver":
         assert {"routing/entropy", "routing/utilisation/llama-48", "time/experts", "time/generation"} <= set(rows[0])
         assert (run_dir / "checkpoint-2" / "context_adapter.safetensors").is_file()
