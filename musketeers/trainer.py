@@ -295,7 +295,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
 
     def _clip_grad_norm(self, model):
         # Trainer clips every trainable parameter together, g_phi included; the logged grad_norm is their
-        # joint pre-clip norm, which g_phi's W_out can dominate 10-800x (docs/signal.md), so log its share
+        # joint pre-clip norm, which g_phi's W_out can dominate 8-800x (docs/signal.md), so log its share
         adapter = self.conditioner.adapter
         grads = [p.grad for p in adapter.parameters() if p.grad is not None] if adapter is not None else []
         if grads:
