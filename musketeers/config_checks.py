@@ -170,7 +170,7 @@ def _validate(cfg: RunConfig, source_of: typing.Callable[[str], str]) -> None:
                 "eval_size"):
         if getattr(t, key) < 1:
             fail(f"training.{key}", f"must be at least 1, got {getattr(t, key)}")
-    for key in ("learning_rate", "router_lr", "adam_epsilon", "temperature", "max_grad_norm"):
+    for key in ("learning_rate", "router_lr", "out_proj_lr_scale", "adam_epsilon", "temperature", "max_grad_norm"):
         if getattr(t, key) <= 0:
             fail(f"training.{key}", f"must be positive, got {getattr(t, key)}")
     for key, value in (("training.beta", t.beta), ("training.weight_decay", t.weight_decay),

@@ -108,6 +108,9 @@ class TrainingConfig:
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     learning_rate: float = 1e-4
     router_lr: float = 1e-4
+    # g_phi's output projection W_out (eq. 16) at router_lr x this; 1 is the paper's single adapter rate.
+    # Adam moves every W_out entry by about its rate, so C can move by rate x ||C'||_1 a step (docs/signal.md)
+    out_proj_lr_scale: float = 1.0
     adam_epsilon: float = 1e-6
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

@@ -166,7 +166,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path):
         callbacks=callbacks, train_dataset=dataset,
         # Trainer wants an eval set once eval_strategy is on; our evaluate() reads held_out's rows
         eval_dataset=prompt_dataset(held_out.rows, tokenizer, cfg.task) if held_out else None, held_out=held_out,
-        conditioner=conditioner, router_lr=cfg.training.router_lr,
+        conditioner=conditioner, router_lr=cfg.training.router_lr, out_proj_lr_scale=cfg.training.out_proj_lr_scale,
         no_context_reward_every=cfg.training.no_context_reward_every, generation_cache=cfg.training.generation_cache,
     )
     trainer.remove_callback(PrinterCallback)  # TRL's raw dict per step (disable_tqdm swapped the progress bar for it)

@@ -16,7 +16,8 @@ objective with the KL term). We override only what the context tokens touch:
                                       reach the LM head (all methods)
   4. _compute_loss                    C recomputed from the stored states, so g_phi gets gradients
                                       (hard routing: the expert each completion was sampled with)
-  5. create_optimizer                 the adapter is its own parameter group with router_lr;
+  5. create_optimizer                 the adapter is its own parameter group with router_lr (its W_out
+                                      a third one with training.out_proj_lr_scale);
      _clip_grad_norm                  logs g_phi's share of the pre-clip gradient norm (grad_norm/adapter)
   6. _save_checkpoint / _load_from_checkpoint  the adapter's safetensors travel with checkpoints, and a
                                       manifest written last seals each one (musketeers.interruptions)
@@ -100,9 +101,11 @@ def last_hidden_states_only(model, n: int):
 
 
 class MusketeersGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args, conditioner: Conditioner, router_lr: float, no_context_reward_every: int = 0,
+    def __init__(self, *args, conditioner: Conditioner, router_lr: float, out_proj_lr_scale: float = 1.0,
+                 no_context_reward_every: int = 0,
                  generation_cache: str = "dynamic", held_out: HeldOut | None = None, **kwargs):
-        self.conditioner, self.router_lr = conditioner, router_lr  # create_optimizer may run inside __init__
+        # create_optimizer may run inside __init__
+        self.conditioner, self.router_lr, self.out_proj_lr_scale = conditioner, router_lr, out_proj_lr_scale
         self.held_out = held_out
         super().__init__(*args, **kwargs)
         self.no_context_reward_every, self.generation_cache = no_context_reward_every, generation_cache
@@ -288,8 +291,12 @@ class MusketeersGRPOTrainer(GRPOTrainer):
             policy = [p for p in self.model.parameters() if p.requires_grad and id(p) not in adapter_ids]
             groups = [{"params": policy, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay}]
             if adapter is not None:
-                groups.append({"params": [p for p in adapter.parameters() if p.requires_grad],
+                out = {id(p) for p in adapter.out_proj.parameters()} if self.out_proj_lr_scale != 1.0 else set()
+                groups.append({"params": [p for p in adapter.parameters() if p.requires_grad and id(p) not in out],
                                "lr": self.router_lr, "weight_decay": self.args.weight_decay})
+                if out:  # training.out_proj_lr_scale: W_out and b_out in a third group
+                    groups.append({"params": [p for p in adapter.out_proj.parameters() if p.requires_grad],
+                                   "lr": self.router_lr * self.out_proj_lr_scale, "weight_decay": self.args.weight_decay})
             self.optimizer = torch.optim.AdamW(groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
         return self.optimizer
 

@@ -132,6 +132,7 @@ BAD = [
     ("arithmetic", ["policy.dtype=fp32"], "command line: policy.dtype: 'fp32' is not valid; did you mean 'float32'?"),
     ("arithmetic", ["policy.dtype=int8"], "command line: policy.dtype: 'int8' is not valid; valid: float32, bfloat16, float16, auto"),
     ("arithmetic", ["training.eval_every=-1"], "command line: training.eval_every: must not be negative, got -1"),
+    ("arithmetic", ["training.out_proj_lr_scale=0"], "command line: training.out_proj_lr_scale: must be positive, got 0.0"),
     ("arithmetic", ["training.eval_every=5", "training.eval_size=0"], "command line: training.eval_size: must be at least 1, got 0"),
     ("arithmetic", ["training.eval_every=5", "training.eval_size=100", "task.validation_size=50"],
      "command line: training.eval_size: reads the first eval_size validation items, but task.validation_size is 50"),

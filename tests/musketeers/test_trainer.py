@@ -288,6 +288,16 @@ def test_gradients_reach_lora_and_adapter_with_router_lr(tmp_path, dense_reward)
     assert {id(p) for p in optimizer.param_groups[1]["params"]} == {id(p) for p in adapter.parameters()}
 
 
+def test_out_proj_lr_scale_puts_w_out_in_its_own_group(tmp_path, dense_reward):
+    cfg = tiny_config(tmp_path, "training.router_lr=3e-3", "training.learning_rate=1e-4", "training.out_proj_lr_scale=0.0625")
+    trainer = build_trainer(cfg, tmp_path)
+    adapter = trainer.conditioner.adapter
+    groups = trainer.create_optimizer().param_groups
+    assert [g["lr"] for g in groups] == [1e-4, 3e-3, 3e-3 * 0.0625]
+    assert {id(p) for p in groups[2]["params"]} == {id(adapter.out_proj.weight), id(adapter.out_proj.bias)}
+    assert {id(p) for g in groups[1:] for p in g["params"]} == {id(p) for p in adapter.parameters()}
+
+
 class StopAfter:
     """Simulates a killed run: raises once step k is done (its checkpoint written)."""
 
