@@ -216,13 +216,15 @@ def test_table2_embedded_report_has_a_row_per_pooling(embedded):
     assert all(r[1] not in ("", "—") and "seeds)" not in r[1] for r in table)
 
 
-def test_oracle_signal_bits_plans_single_oracle_and_shuffled_at_the_rates_that_carry_the_oracle():
+def test_oracle_signal_bits_plans_single_oracle_and_shuffled_in_the_setting_that_carries_the_team():
     data, jobs = paper_plan("oracle_signal_bits")
     assert sorted(j.name for j in jobs) == sorted(f"demo_bits-{m}-{t}-seed{s}" for s in SEEDS for m, t in
                                                   (("single", "none"), ("perceiver", "oracle"), ("perceiver", "oracle_shuffled")))
     for job in jobs:
         training, adapter = job.config["training"], job.config["adapter"]
         assert (training["learning_rate"], training["router_lr"]) == (1e-4, 3e-4)  # LoRA at a third of g_phi's
-        assert (training["max_completion_length"], training["num_generations"], training["prompts_per_batch"]) == (2, 8, 2)
+        assert (training["max_completion_length"], training["num_generations"], training["prompts_per_batch"]) == (1, 8, 2)
+        assert (training["out_proj_lr_scale"], training["warmup_steps"], training["max_steps"]) == (0.0625, 20, 240)
         assert (adapter["state_norm"], adapter["init_scale"]) == ("layernorm", "unit")
+        assert job.config["policy"]["model"] == "runs/warm_policy"  # the warm start the file's comment makes
     assert data["eval"]["limit"] == 500
