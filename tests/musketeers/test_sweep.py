@@ -379,7 +379,8 @@ def test_a_killed_run_process_is_restarted_and_resumes_from_its_checkpoint(clust
 @pytest.mark.slow
 def test_a_preempted_run_saves_its_step_and_ray_retries_it_from_there(cluster, tmp_path):
     """SIGTERM to the run's process (a scheduler preempting it): it saves the step in flight, raises Preempted,
-    and Ray's retry resumes from that checkpoint (save_steps 100: no other checkpoint exists)."""
+    and Ray's retry resumes from that checkpoint (save_steps 100: no other checkpoint exists). The signal
+    lands once step 1 has logged: while step 1 still logs (the save is checkpoint-1) or during step 2 or later."""
     steps = ["training.max_steps=12", "training.save_steps=100", "training.gradient_accumulation_steps=1"]
     file = write_sweep(tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), tasks=[TASK], methods=["single"],
                        seeds=[0], overrides=steps)
@@ -390,7 +391,7 @@ def test_a_preempted_run_saves_its_step_and_ray_retries_it_from_there(cluster, t
     assert result == {run_dir.name: "ok"}
     tries = attempts(run_dir)
     step = tries[1]["resumed_from"]
-    assert len(tries) == 2 and step >= 2
+    assert len(tries) == 2 and step >= 1
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 13))
     saved = run_dir / f"checkpoint-{step}"
     assert f"musketeers: preempted by SIGTERM: stopped after step {step} of 12 and saved {saved}" in log_path(run_dir).read_text()
