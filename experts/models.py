@@ -175,6 +175,10 @@ def parse_model_ref(ref: str) -> ModelRef:
     if not _HUB_ID.match(ref) or ".." in ref or "--" in ref:
         raise ModelRefError(
             f"invalid model reference {ref!r}: not a hub id ('org/name') nor an existing path; {_USAGE}")
+    head = ref.split("/", 1)[0]
+    if os.path.isdir(head) and _hub_commit(ref) is None:  # 'runs/warm_policy' not made yet: say so now, not
+        raise ModelRefError(  # after the Hub client's retries (about a minute offline)
+            f"model path {ref!r} does not exist (./{head} is a local folder; no Hub model {ref!r} is cached)")
     return ModelRef("hub", ref, {}, ref)
 
 

@@ -74,6 +74,19 @@ BAD_REFS = [
 ]
 
 
+def test_a_missing_folder_under_a_local_folder_is_a_missing_path_not_a_hub_id(tmp_path, monkeypatch):
+    """'runs/warm_policy' before the warm start is made: named at once, without the Hub client's retries."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelLoadError) as info:
+        parse_model_ref("runs/warm_policy")
+    assert str(info.value) == ("model path 'runs/warm_policy' does not exist "
+                               "(./runs is a local folder; no Hub model 'runs/warm_policy' is cached)")
+    (tmp_path / "runs" / "warm_policy").mkdir()
+    assert parse_model_ref("runs/warm_policy").kind == "path"
+    assert parse_model_ref("HuggingFaceTB/SmolLM2-135M").kind == "hub"  # no local folder of that org
+
+
 @pytest.mark.parametrize("ref,message", BAD_REFS, ids=[r or "empty" for r, _ in BAD_REFS])
 def test_parse_errors(ref, message):
     with pytest.raises(ValueError) as info:

@@ -216,8 +216,10 @@ def test_table2_embedded_report_has_a_row_per_pooling(embedded):
     assert all(r[1] not in ("", "—") and "seeds)" not in r[1] for r in table)
 
 
-def test_oracle_signal_bits_plans_single_oracle_and_shuffled_in_the_setting_that_carries_the_team():
-    data, jobs = paper_plan("oracle_signal_bits")
+def test_oracle_signal_bits_plans_single_oracle_and_shuffled_in_the_setting_that_carries_the_team(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where ./runs holds no warm_policy, the plan stops at it (tests/experts/test_models.py)
+    data = sweep.read_sweep(SWEEPS / "oracle_signal_bits.yaml")
+    jobs = sweep.plan(data, "oracle_signal_bits.yaml")
     assert sorted(j.name for j in jobs) == sorted(f"demo_bits-{m}-{t}-seed{s}" for s in SEEDS for m, t in
                                                   (("single", "none"), ("perceiver", "oracle"), ("perceiver", "oracle_shuffled")))
     for job in jobs:
