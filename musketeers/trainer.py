@@ -306,7 +306,7 @@ class MusketeersGRPOTrainer(GRPOTrainer):
         adapter = self.conditioner.adapter
         grads = [p.grad for p in adapter.parameters() if p.grad is not None] if adapter is not None else []
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            norm = torch.nn.utils.get_total_norm(grads)
             self._metrics["train"]["grad_norm/adapter"].append(norm.item())
         return super()._clip_grad_norm(model)
 
