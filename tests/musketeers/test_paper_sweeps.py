@@ -226,7 +226,7 @@ def test_oracle_signal_bits_plans_single_oracle_and_shuffled_in_the_setting_that
         training, adapter = job.config["training"], job.config["adapter"]
         assert (training["learning_rate"], training["router_lr"]) == (1e-4, 3e-4)  # LoRA at a third of g_phi's
         assert (training["max_completion_length"], training["num_generations"], training["prompts_per_batch"]) == (1, 8, 2)
-        assert (training["out_proj_lr_scale"], training["warmup_steps"], training["max_steps"]) == (0.0625, 20, 240)
+        assert (training["out_proj_lr_scale"], training["warmup_steps"], training["max_steps"]) == (0.25, 20, 240)
         assert (adapter["state_norm"], adapter["init_scale"]) == ("layernorm", "unit")
         assert job.config["policy"]["model"] == "runs/warm_policy"  # the warm start the file's comment makes
     assert data["eval"]["limit"] == 500
