@@ -37,6 +37,7 @@ SATURATED = 3.0  # |pre-activation| beyond which tanh' = 1 - tanh^2 < 0.01
 class AdapterOutput:
     context: Tensor                      # [B, m, out_dim] context tokens C
     attention: Tensor | None = None      # [B, m, n] routing weights A (perceiver only)
+    head_attention: Tensor | None = None # [B, H, m, n] each head's weights before the mean (perceiver only)
     selection: Tensor | None = None      # [B, n] straight-through one-hot (hard routing only)
     router_logits: Tensor | None = None  # [B, n] expert logits (hard routing only)
     saturation: Tensor | None = None     # [] share of saturated FFN inner units (module docstring)
@@ -157,7 +158,7 @@ class PerceiverAdapter(_Adapter):
         c_prime = self.ffn(self.latents + attn_out)          # C' = FFN(Q_lat + attn)
         context = self.out_proj(c_prime)                     # C = C' W_out + b_out (eq. 16)
         return AdapterOutput(context=context, attention=probs.mean(dim=1),  # A: mean over heads
-                             saturation=self.ffn.saturation)
+                             head_attention=probs, saturation=self.ffn.saturation)
 
 
 class FFNAdapter(_Adapter):

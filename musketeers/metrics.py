@@ -2,7 +2,8 @@
 between a run's reward and entropy series, hard-routing selection frequencies.
 
 A is the head-averaged attention of the Perceiver adapter, [B, m, n] (or [m, n] for one prompt):
-row j of A is latent query j's distribution over the n experts.
+row j of A is latent query j's distribution over the n experts. Each head's own weights
+[B, H, m, n], flattened to [B, H*m, n], give the same entropy per head (`routing/head_entropy`).
 
 A leaf: torch, numpy and scipy only.
 

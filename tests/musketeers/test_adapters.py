@@ -1,4 +1,5 @@
 """Adapters g_phi: shapes, dtypes, near-zero init, gradient flow, equivariance, hard routing."""
+import math
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,16 @@ def test_permutation_equivariance():
     out_a, out_b = a(states), b([states[p] for p in perm])
     torch.testing.assert_close(out_b.attention, out_a.attention[..., perm])
     torch.testing.assert_close(out_b.context, out_a.context)
+
+
+def test_head_attention_is_what_a_averages():
+    out = perceiver()(make_states())
+    assert out.head_attention.shape == (5, 4, 4, 3)  # [B, H, m, n]
+    torch.testing.assert_close(out.head_attention.mean(1), out.attention)
+    # every head one-hot on another expert: A looks spread (H = log 2) while each head reads one expert
+    heads = torch.zeros(1, 2, 1, 2)
+    heads[0, 0, 0, 0] = heads[0, 1, 0, 1] = 1.0
+    assert routing_entropy(heads.mean(1)) == pytest.approx(math.log(2)) and routing_entropy(heads.flatten(1, 2)) == 0.0
 
 
 def test_attention_starts_near_uniform():

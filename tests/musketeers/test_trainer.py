@@ -356,8 +356,10 @@ def test_every_method_trains_two_steps(tmp_path, dense_reward, method):
     else:
         assert not any("grad_norm/adapter" in r for r in rows)
     if method == "perceiver":
-        assert {"routing/entropy", "routing/utilisation/llama-48", "time/experts", "time/generation"} <= set(rows[0])
+        assert {"routing/entropy", "routing/head_entropy", "routing/utilisation/llama-48", "time/experts",
+                "time/generation"} <= set(rows[0])
         assert (run_dir / "checkpoint-2" / "context_adapter.safetensors").is_file()
+        assert all(r["routing/head_entropy"] <= r["routing/entropy"] + 1e-9 for r in rows)  # H is concave
     if method == "hard_routing":
         freqs = [rows[0][f"routing/frequency/{n}"] for n in ("llama-48", "gpt2-64", "qwen2-80")]
         assert abs(sum(freqs) - 1) < 1e-6
