@@ -37,7 +37,7 @@ SATURATED = 3.0  # |pre-activation| beyond which tanh' = 1 - tanh^2 < 0.01
 class AdapterOutput:
     context: Tensor                      # [B, m, out_dim] context tokens C
     attention: Tensor | None = None      # [B, m, n] routing weights A (perceiver only)
-    head_attention: Tensor | None = None # [B, H, m, n] each head's weights before the mean (perceiver only)
+    head_attention: Tensor | None = None  # [B, H, m, n] each head's weights, before A's mean (perceiver only)
     selection: Tensor | None = None      # [B, n] straight-through one-hot (hard routing only)
     router_logits: Tensor | None = None  # [B, n] expert logits (hard routing only)
     saturation: Tensor | None = None     # [] share of saturated FFN inner units (module docstring)

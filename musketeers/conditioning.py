@@ -101,7 +101,7 @@ class Conditioner:
     def _routing(self, out) -> dict[str, float]:
         if out.attention is not None:  # eq. 15
             metrics = {"routing/entropy": routing_entropy(out.attention)}
-            if out.head_attention is not None:  # H per head: the mean over heads can look spread while every head is one-hot
+            if out.head_attention is not None:  # A can look spread while every head is one-hot
                 metrics["routing/head_entropy"] = routing_entropy(out.head_attention.flatten(1, 2))
             u = utilisation(out.attention)
             metrics.update({f"routing/utilisation/{name}": float(u[i]) for i, name in enumerate(self.names)})
