@@ -230,3 +230,17 @@ def test_oracle_signal_bits_plans_single_oracle_and_shuffled_in_the_setting_that
         assert (adapter["state_norm"], adapter["init_scale"]) == ("layernorm", "unit")
         assert job.config["policy"]["model"] == "runs/warm_policy"  # the warm start the file's comment makes
     assert data["eval"]["limit"] == 500
+
+
+def test_oracle_signal_bits_32_is_the_same_grid_at_the_papers_32_prompts_a_step(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small, big = (sweep.plan(sweep.read_sweep(SWEEPS / f"{n}.yaml"), f"{n}.yaml")
+                  for n in ("oracle_signal_bits", "oracle_signal_bits_32"))
+    assert [j.name for j in small] == [j.name for j in big]
+    for a, b in zip(small, big):
+        ta, tb = a.config["training"], b.config["training"]
+        assert (tb["prompts_per_batch"] * tb["gradient_accumulation_steps"], ta["prompts_per_batch"]) == (32, 2)
+        differ = {k for k in ta if ta[k] != tb[k]}
+        assert differ <= {"prompts_per_batch", "gradient_accumulation_steps", "eval_every", "eval_size"}, differ
+        assert {k: v for k, v in a.config.items() if k not in ("training", "output_dir")} == \
+               {k: v for k, v in b.config.items() if k not in ("training", "output_dir")}
