@@ -51,3 +51,25 @@ def pytest_configure(config):
     if grouped and not hasattr(config, "workerinput") and tuple(map(int, pytest.__version__.split(".")[:2])) >= (9, 2):
         raise pytest.UsageError(f"pytest {pytest.__version__} drops xdist's test groups (pytest-xdist issue 1386): "
                                 "install pytest<9.2 (the dev extra in pyproject.toml pins it) or run with -n 0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test outside the Ray group that starts Ray in this process fails, naming why: the grouping above
+    only holds if every test that starts Ray mentions it in its module."""
+    if item.get_closest_marker("xdist_group"):
+        yield
+        return
+    import ray  # about a second, once per worker
+
+    init = ray.init
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{item.nodeid} starts Ray, but its module never says 'ray': tests/conftest.py "
+                           "groups the Ray tests on one xdist worker by that word (set team.backend=local, or name Ray)")
+
+    ray.init = refuse
+    try:
+        yield
+    finally:
+        ray.init = init
