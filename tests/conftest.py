@@ -43,12 +43,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
-
 def pytest_configure(config):
     """xdist groups tests by a suffix it writes into the node id, which pytest 9.2 no longer reads
     (pytest-xdist issue 1386): the Ray tests would spread over both workers, so stop and say so."""
     grouped = config.getoption("dist", "no") == "loadgroup" and config.getoption("numprocesses", None)
-    if grouped and not hasattr(config, "workerinput") and tuple(map(int, pytest.__version__.split(".")[:2])) >= (9, 2):
+    if grouped and not hasattr(config, "workerinput") and pytest.version_tuple[:2] >= (9, 2):
         raise pytest.UsageError(f"pytest {pytest.__version__} drops xdist's test groups (pytest-xdist issue 1386): "
                                 "install pytest<9.2 (the dev extra in pyproject.toml pins it) or run with -n 0")
 
